@@ -1,0 +1,1 @@
+"""symjax: symmetries of neural networks and of their internal representations."""
