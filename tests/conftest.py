@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cifar10_dir() -> Path | None:
     """The local CIFAR-10 copy used by tests, or None when there is none."""
-    candidates = [os.environ.get("SYMJAX_DATA_DIR"), REPO.parent / "shared/data/cifar10"]
+    candidates = [
+        os.environ.get("SYMJAX_DATA_DIR"),
+        REPO.parent / "shared/data/cifar10",
+    ]
     for c in candidates:
         if c and (Path(c) / "test").is_dir():
             return Path(c)
