@@ -113,7 +113,8 @@ class SymmetrySpec:
                 if not 0 <= offset <= space.size - self.spaces[parent].size:
                     raise ValueError(
                         f"space {name!r}: offset {offset} does not fit parent "
-                        f"{parent!r} of size {self.spaces[parent].size} in {space.size}."
+                        f"{parent!r} of size {self.spaces[parent].size} "
+                        f"in {space.size}."
                     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from symjax import symmetry
-from symjax.groups import Dense, Monomial, activation_group
+from symjax.groups import Dense, activation_group
 from symjax.symmetry import Space, SymmetrySpec
 
 TOL = dict(rtol=1e-9, atol=1e-9)  # float64 throughout
@@ -130,7 +130,7 @@ def test_incomplete_spec_is_an_error():
 
 
 class ConvBN(nn.Module):
-    """conv(no bias) -> BN -> ReLU -> conv(no bias) -> BN -> ReLU -> maxpool -> dense."""
+    """conv -> BN -> ReLU -> conv -> BN -> ReLU -> max pool -> dense (no conv bias)."""
 
     @nn.compact
     def __call__(self, x, train=False):
