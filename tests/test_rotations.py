@@ -1,0 +1,162 @@
+"""Tests for symjax.rotations: Haar sampling and the geodesic Q^alpha."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from symjax import rotations
+
+
+def _random_rotation(seed, n):
+    """A random rotation drawn with numpy, independent of the code under test."""
+    Q, R = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    Q = Q * np.sign(np.diag(R))[None, :]
+    Q[:, 0] *= np.sign(np.linalg.det(Q))
+    return Q
+
+
+def _rot2(theta):
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_haar_orthogonal_is_orthogonal(n):
+    Q = rotations.haar_orthogonal(jax.random.key(n), n)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(n), atol=1e-12)
+
+
+def test_haar_orthogonal_hits_both_cosets_and_special_is_special():
+    keys = jax.random.split(jax.random.key(0), 64)
+    dets = jax.vmap(lambda k: jnp.linalg.det(rotations.haar_orthogonal(k, 5)))(keys)
+    np.testing.assert_allclose(np.abs(dets), 1.0, atol=1e-10)
+    assert np.any(dets < 0) and np.any(dets > 0)
+    sdets = jax.vmap(lambda k: jnp.linalg.det(rotations.haar_special_orthogonal(k, 5)))(
+        keys
+    )
+    np.testing.assert_allclose(sdets, 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_haar_trace_moments(special):
+    # For Haar measure on O(n) and SO(n), n >= 3: E[tr Q] = 0 and E[tr(Q)^2] = 1.
+    # QR without the sign correction is far from this (E[tr Q] is about 1.5 here).
+    sampler = (
+        rotations.haar_special_orthogonal if special else rotations.haar_orthogonal
+    )
+    keys = jax.random.split(jax.random.key(1), 4000)
+    tr = np.asarray(jax.vmap(lambda k: jnp.trace(sampler(k, 4)))(keys))
+    # Standard errors: sd(tr) = 1 and sd(tr^2) = sqrt(2) over 4000 draws.
+    assert abs(tr.mean()) < 0.07
+    assert abs((tr**2).mean() - 1.0) < 0.1
+
+
+def test_uncorrected_qr_fails_the_trace_moment():
+    # The moment test above has power: plain QR does not pass it.
+    keys = jax.random.split(jax.random.key(1), 4000)
+    tr = jax.vmap(lambda k: jnp.trace(jnp.linalg.qr(jax.random.normal(k, (4, 4)))[0]))(
+        keys
+    )
+    assert abs(float(tr.mean())) > 0.5
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 17])
+def test_fractional_rotation_group_properties(n):
+    Q = _random_rotation(n, n)
+    Q0, Qa, Qb, Qab, Q1 = rotations.fractional_rotation(Q, [0.0, 0.3, 0.45, 0.75, 1.0])
+    np.testing.assert_array_equal(Q0, np.eye(n))
+    np.testing.assert_allclose(Q1, Q, atol=1e-10)
+    np.testing.assert_allclose(Qa @ Qb, Qab, atol=1e-10)
+    np.testing.assert_allclose(Qb @ Qa, Qab, atol=1e-10)
+    for R in (Qa, Qb, Qab):
+        np.testing.assert_allclose(R.T @ R, np.eye(n), atol=1e-12)
+        np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [3, 6, 11])
+def test_fractional_rotation_is_the_principal_power(n):
+    # The minimal geodesic is the principal power exp(alpha log Q), which scipy
+    # computes independently (Schur-Pade); no eigenvalue -1 here almost surely.
+    Q = _random_rotation(10 + n, n)
+    for alpha in (0.25, 0.6):
+        want = scipy.linalg.fractional_matrix_power(Q, alpha)
+        np.testing.assert_allclose(want.imag, 0.0, atol=1e-8)
+        got = rotations.fractional_rotation(Q, alpha)
+        np.testing.assert_allclose(got, want.real, atol=1e-8)
+        # Minimal: the geodesic distance scales by alpha.
+        np.testing.assert_allclose(
+            np.linalg.norm(scipy.linalg.logm(got)),
+            alpha * np.linalg.norm(scipy.linalg.logm(Q)),
+            rtol=1e-7,
+        )
+
+
+@pytest.mark.parametrize("theta", [-2.5, -0.4, 0.4, 2.5, 3.1])
+def test_fractional_rotation_keeps_the_direction(theta):
+    # Reading the angle as arccos(cos theta) would give R(+|theta| / 2) at alpha=1/2.
+    Q = scipy.linalg.block_diag(_rot2(theta), np.eye(1))
+    P = _random_rotation(3, 3)
+    Q = P @ Q @ P.T
+    half = rotations.fractional_rotation(Q, 0.5)
+    np.testing.assert_allclose(
+        half, P @ scipy.linalg.block_diag(_rot2(theta / 2), 1.0) @ P.T, atol=1e-10
+    )
+    np.testing.assert_allclose(rotations.fractional_rotation(Q, 1.0), Q, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "diag",
+    [[-1.0, -1.0, 1.0], [-1.0, -1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0]],
+)
+def test_fractional_rotation_with_eigenvalue_minus_one(diag):
+    n = len(diag)
+    P = _random_rotation(7, n)
+    for Q in (np.diag(diag), P @ np.diag(diag) @ P.T):
+        half, one = rotations.fractional_rotation(Q, [0.5, 1.0])
+        np.testing.assert_allclose(one, Q, atol=1e-10)
+        np.testing.assert_allclose(half @ half, Q, atol=1e-10)
+        np.testing.assert_allclose(half.T @ half, np.eye(n), atol=1e-12)
+        np.testing.assert_allclose(np.linalg.det(half), 1.0, atol=1e-10)
+        # Minimal: every angle of Q^(1/2) is pi/2 or 0, so |log| = (pi/2) * sqrt(#-1).
+        np.testing.assert_allclose(
+            np.linalg.norm(scipy.linalg.logm(half)),
+            0.5 * np.pi * np.sqrt(np.sum(np.asarray(diag) < 0)),
+            rtol=1e-7,
+        )
+        # Deterministic.
+        np.testing.assert_array_equal(half, rotations.fractional_rotation(Q, 0.5))
+
+
+def test_fractional_rotation_float32_input():
+    Q = rotations.haar_special_orthogonal(jax.random.key(5), 32, dtype=jnp.float32)
+    out = rotations.fractional_rotation(Q, 1.0)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, Q, atol=1e-5)
+    np.testing.assert_array_equal(rotations.fractional_rotation(Q, 0.0), np.eye(32))
+
+
+def test_fractional_rotation_rejects_bad_input():
+    with pytest.raises(ValueError, match="orthogonal"):
+        rotations.fractional_rotation(np.ones((3, 3)), 0.5)
+    with pytest.raises(ValueError, match="determinant"):
+        rotations.fractional_rotation(np.diag([-1.0, 1.0, 1.0]), 0.5)
+    with pytest.raises(ValueError, match="square"):
+        rotations.fractional_rotation(np.eye(3)[:2], 0.5)
+
+
+def test_rotate_features():
+    h = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+    R = _random_rotation(1, 5)
+    np.testing.assert_array_equal(rotations.rotate_features(h, np.eye(5)), h)
+    out = rotations.rotate_features(h, R)
+    np.testing.assert_allclose(out, np.einsum("abcj,ij->abci", h, R), atol=1e-12)
+    # Unit i of the rotated features is row i of R dotted with the features.
+    np.testing.assert_allclose(
+        out[..., 2], np.tensordot(h, R[2], axes=(3, 0)), atol=1e-12
+    )
+    moved = rotations.rotate_features(jnp.moveaxis(h, -1, 1), R, axis=1)
+    np.testing.assert_allclose(jnp.moveaxis(moved, 1, -1), out, atol=1e-12)
+    with pytest.raises(ValueError, match="R must be"):
+        rotations.rotate_features(h, np.eye(4))
