@@ -203,6 +203,7 @@ def fractional_rotation(Q, alpha: float | Sequence[float], atol: float = 1e-4):
     return out if np.ndim(alpha) else out[0]
 
 
+@functools.partial(jax.jit, static_argnames=("axis",))
 def rotate_features(features: Array, R: Array, axis: int = -1) -> Array:
     """Features in the rotated basis: ``h'[..., i] = sum_j R[i, j] h[..., j]``.
 

@@ -405,15 +405,22 @@ def dissect_rotations(
       maps' own positions, before upsampling, as in NetDissect. Memory for the
       threshold is ``U x k`` with ``k`` about ``q N h w``; for very large data sets
       dissect a subset. Each batch's counts must stay below ``2^24`` (so
-      ``batch_size * L * h * w < 2^24`` for ``L`` label layers at mask size
-      ``h x w``), since they are taken exactly in float32 on the device; totals
+      ``batch_size * (L + S) * h * w < 2^24`` for ``L`` label layers and ``S``
+      image-label slots at mask size ``h x w``), since they are taken exactly in
+      float32 on the device (matrix products at ``Precision.HIGHEST``); totals
       are summed on the host in int64.
+
+      The union of a unit with concept ``k`` counts the unit's pixels in every
+      image that carries a label of ``k``'s category. NetDissect-Lite counts them
+      only in images where the unit's activated pixels overlap such a label (or
+      the image has an image-level label of the category), which penalises a
+      unit's false alarms less.
     """
     if not len(dataset):
         raise ValueError("dataset is empty.")
     rotations = [None if r is None else jnp.asarray(r) for r in rotations]
     h, w = dataset.mask_shape
-    L = len(dataset.layer_categories)
+    L = len(dataset.layer_categories) + len(dataset.slot_categories)
     if batch_size * max(L, 1) * h * w >= _EXACT_FLOAT32:
         raise ValueError(
             f"batch_size={batch_size} makes counts of {batch_size}*{L}*{h}*{w} pixels, "
