@@ -84,6 +84,18 @@ def test_matches_a_direct_reference(concepts):
     assert r.best_concept(1)[0] == "smooth"
 
 
+def test_quantile_at_masks(concepts, layer):
+    r = dissect(layer, concepts, quantile=0.02, quantile_at="masks", batch_size=16)
+    up = jax.image.resize(layer, (N, 32, 32, 6), "bilinear")
+    want = np.quantile(np.asarray(up).reshape(-1, 6), 0.98, axis=0)
+    np.testing.assert_allclose(r.thresholds, want, rtol=1e-12)
+    base = dissect(layer, concepts, quantile=0.02, batch_size=16)
+    assert not np.array_equal(r.thresholds, base.thresholds)
+    assert [r.best_concept(u)[0] for u in range(4)] == [
+        base.best_concept(u)[0] for u in range(4)
+    ]
+
+
 def test_threshold_is_the_exact_quantile():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(37, 5, 3, 4))
@@ -261,5 +273,7 @@ def test_bad_inputs(concepts, layer):
         dissect(layer, concepts, np.eye(5))
     with pytest.raises(ValueError, match="quantile"):
         dissect(layer, concepts, quantile=0.0)
+    with pytest.raises(ValueError, match="quantile_at"):
+        dissect(layer, concepts, quantile_at="pixels")
     with pytest.raises(ValueError, match="batch_size"):
         dissect(layer, concepts, batch_size=10**6)

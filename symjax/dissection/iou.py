@@ -4,7 +4,9 @@ For a layer with ``U`` units and a :class:`~symjax.dissection.ConceptDataset`:
 
 1. **Threshold.** Unit ``u``'s activation maps ``a_u`` over all images and
    positions give its threshold ``T_u``, the top ``q = 0.005`` quantile: the
-   ``1 - q`` quantile with linear interpolation (``numpy.quantile``'s default).
+   ``1 - q`` quantile with linear interpolation (``numpy.quantile``'s default),
+   over the maps' own positions as in NetDissect (or, on request, over the
+   maps upsampled to the label resolution).
 2. **Masks.** Each map is upsampled bilinearly to the label resolution and
    thresholded strictly, ``M_u = {a_u > T_u}``. Strictness means that a unit that
    is zero at more than a fraction ``1 - q`` of positions (so ``T_u = 0``) lights
@@ -95,9 +97,14 @@ def _as_maps(features: Array) -> Array:
     return features
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
+@functools.partial(jax.jit, static_argnames=("k", "size"))
 def top_k_update(
-    top: Array | None, features: Array, valid: Array, rotation: Array | None, k: int
+    top: Array | None,
+    features: Array,
+    valid: Array,
+    rotation: Array | None,
+    k: int,
+    size: tuple[int, int] | None = None,
 ) -> Array:
     """Merges a batch into the running ``k`` largest activations of each unit.
 
@@ -108,6 +115,8 @@ def top_k_update(
       valid: ``[b]`` bool, False for padding rows (ignored).
       rotation: ``[U, U]`` rotation applied to the units first, or None.
       k: how many values to keep (static).
+      size: ``(h, w)`` to upsample the maps to (bilinearly) first, or None to
+        keep the feature positions (static).
 
     Returns:
       ``[U, k]`` the ``k`` largest values of each unit, descending.
@@ -116,6 +125,8 @@ def top_k_update(
     if rotation is not None:
         f = rotate_features(f, rotation)
     U = f.shape[-1]
+    if size is not None:
+        f = jax.image.resize(f, (f.shape[0], *size, U), method="bilinear")
     f = jnp.where(valid[:, None, None, None], f, -jnp.inf)
     values = f.reshape(-1, U).T
     if top is not None:
@@ -379,6 +390,7 @@ def dissect_rotations(
     rotations: Sequence[Array | None],
     *,
     quantile: float = TOP_QUANTILE,
+    quantile_at: str = "features",
     batch_size: int = 100,
 ) -> list[DissectionResult]:
     """Dissects one layer in several bases, with one feature pass per phase.
@@ -392,6 +404,9 @@ def dissect_rotations(
       rotations: ``R`` matrices ``[U, U]`` (rows are the new units) or None for
         the layer's own units.
       quantile: the top quantile ``q`` that sets each unit's threshold.
+      quantile_at: ``"features"`` takes the quantile over the feature maps' own
+        positions, as NetDissect does; ``"masks"`` over the maps upsampled to
+        the label resolution (the same maps that are thresholded).
       batch_size: images per batch; every batch (the last one padded) has this
         size, so a jitted ``features`` compiles once.
 
@@ -401,10 +416,9 @@ def dissect_rotations(
     Note:
       Two passes over the data: thresholds, then counts, so a ``features``
       function runs twice per image (store the activations and pass the array to
-      avoid this). The threshold is taken over the activations at the feature
-      maps' own positions, before upsampling, as in NetDissect. Memory for the
-      threshold is ``U x k`` with ``k`` about ``q N h w``; for very large data sets
-      dissect a subset. Each batch's counts must stay below ``2^24`` (so
+      avoid this). Memory for the threshold is ``U x k`` with ``k`` about
+      ``q N h w`` (``N`` images, ``h x w`` positions per map); for very large
+      data sets dissect a subset. Each batch's counts must stay below ``2^24`` (so
       ``batch_size * (L + S) * h * w < 2^24`` for ``L`` label layers and ``S``
       image-label slots at mask size ``h x w``), since they are taken exactly in
       float32 on the device (matrix products at ``Precision.HIGHEST``); totals
@@ -418,6 +432,11 @@ def dissect_rotations(
     """
     if not len(dataset):
         raise ValueError("dataset is empty.")
+    if quantile_at not in ("features", "masks"):
+        raise ValueError(
+            f"quantile_at must be 'features' or 'masks', got {quantile_at!r}."
+        )
+    size = dataset.mask_shape if quantile_at == "masks" else None
     rotations = [None if r is None else jnp.asarray(r) for r in rotations]
     h, w = dataset.mask_shape
     L = len(dataset.layer_categories) + len(dataset.slot_categories)
@@ -435,12 +454,13 @@ def dissect_rotations(
     for batch, feats in _feature_batches(features, dataset, batch_size):
         maps = _as_maps(feats)
         if k is None:
-            num_values = len(dataset) * maps.shape[1] * maps.shape[2]
+            h_q, w_q = size if size is not None else maps.shape[1:3]
+            num_values = len(dataset) * h_q * w_q
             k, _ = quantile_plan(num_values, quantile)
             _check_rotations(rotations, maps.shape[-1])
         valid = jnp.arange(batch_size) < batch.num_valid
         for r, R in enumerate(rotations):
-            tops[r] = top_k_update(tops[r], maps, valid, R, k=k)
+            tops[r] = top_k_update(tops[r], maps, valid, R, k=k, size=size)
     thresholds = [quantile_threshold(t, num_values, quantile) for t in tops]
     logger.info("dissection thresholds done (%d values per unit)", num_values)
 
@@ -502,6 +522,7 @@ def dissect(
     rotation: Array | None = None,
     *,
     quantile: float = TOP_QUANTILE,
+    quantile_at: str = "features",
     batch_size: int = 100,
 ) -> DissectionResult:
     """Dissects one layer: each unit's best concept and IoU (Bau et al., 2017).
@@ -515,6 +536,8 @@ def dissect(
         applied to the channel axis (paper Section 6, ``Q^alpha``) before
         thresholds are computed.
       quantile: the top quantile ``q`` that sets each unit's threshold.
+      quantile_at: ``"features"`` (NetDissect) or ``"masks"``: the positions the
+        quantile is taken over, see :func:`dissect_rotations`.
       batch_size: images per batch.
 
     Returns:
@@ -525,5 +548,10 @@ def dissect(
       >>> result.num_interpretable(), result.mean_best_iou  # doctest: +SKIP
     """
     return dissect_rotations(
-        features, dataset, [rotation], quantile=quantile, batch_size=batch_size
+        features,
+        dataset,
+        [rotation],
+        quantile=quantile,
+        quantile_at=quantile_at,
+        batch_size=batch_size,
     )[0]
