@@ -1,0 +1,285 @@
+"""Procrustes distances and similarities: orthogonal and G_ReLU (paper Def. 5.2).
+
+Both measures compare two representations as matrices ``A, B`` ``[m, d]`` whose
+rows are samples (times positions, for a convolutional layer: ``m = n h w``) and
+whose columns are channels, and minimise a Frobenius distance over a group acting
+on the columns of ``B``:
+
+.. math::
+
+    \\delta_{G_{ReLU}}(A, B) = \\min_{P \\in \\Sigma_d} \\lVert A - B P \\rVert_F,
+    \\qquad \\hat A, \\hat B \\text{ with unit-norm columns (Definition 5.2)},
+
+    \\delta_{O}(A, B) = \\min_{Q \\in O(d)} \\lVert A - B Q \\rVert_F,
+    \\qquad \\lVert A \\rVert_F = \\lVert B \\rVert_F = 1.
+
+Normalising the columns makes the first invariant to positive column scales, so
+the minimum over permutations is a minimum over ``G_ReLU`` (Definition 5.2). The
+similarities are
+
+.. math:: s_{G_{ReLU}} = 1 - \\frac{\\delta}{2\\sqrt d} \\in [0, 1], \\qquad
+    s_O = 1 - \\frac{\\delta_O}{2} \\in [1 - 1/\\sqrt 2,\\ 1],
+
+both 1 exactly when the representations agree up to the group (the second is the
+paper code's ``1 - sqrt(2 - 2 |A^T B|_*) / 2``; its floor is ``1 - 1/sqrt 2``
+because ``|A^T B|_* >= 0``).
+
+How they are computed: the cross matrix ``A^T B`` ``[d, d]`` is formed on the
+device (at full precision); the optimal permutation comes from
+``scipy.optimize.linear_sum_assignment`` (maximising ``tr(P^T A^T B)``) and the
+optimal orthogonal ``Q = U V^T`` from the SVD ``B^T A = U S V^T``, both on the host
+in float64. The distance is then evaluated directly as ``|A - B P|_F`` (or
+``|A - B Q|_F``), never as ``sqrt(|A|^2 + |B|^2 - 2 ...)``: that difference of
+nearly equal numbers can round below zero (the paper code's NaN for identical
+inputs) and loses half the digits near ``delta = 0``. Identical inputs give a
+G_ReLU-Procrustes similarity of exactly 1.
+
+Rules for unequal shapes:
+
+* widths ``d != d'``: the narrower representation gets zero (dead) columns up to
+  ``d = max(d, d')``, as in the paper's code; ``d`` in ``1 - delta / (2 sqrt d)``
+  is that common width. For the orthogonal measure this equals using a
+  semi-orthogonal ``Q`` (``|A^T B|_*`` does not change).
+* spatial sizes: the larger map is average-pooled to the smaller before
+  normalising (the sizes must divide); a dense layer counts as ``1 x 1``. (The
+  paper's code instead repeats the smaller map's pixels.)
+
+Conventions and centring: Definition 5.2 does **not** centre, so
+G_ReLU-Procrustes is *not* invariant to shifts ``A + 1 v^T`` (property (i) of the
+paper fails as defined); ``center=True`` centres each channel over samples and
+positions first, which restores it. Both conventions follow Definition 5.2 for this
+measure. For the orthogonal measure ``convention="standard"`` centres the channels
+before the global normalisation (Ding et al., 2021; Williams et al., 2021) and
+``"authors"`` does not; ``center`` overrides either.
+
+Note:
+  A representation with no live unit after this preprocessing (all zero) leaves
+  the normalisation undefined; :class:`ValueError` is raised. The assignment runs
+  on the host, so these measures cannot be called under ``jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from symjax.similarity import features as F
+from symjax.similarity.kernels import HIGHEST
+
+Array = jax.Array
+
+GROUPS = ("grelu", "orthogonal")
+
+
+class ProcrustesState(NamedTuple):
+    """One representation prepared for Procrustes (see :meth:`Procrustes.prepare`).
+
+    Attributes:
+      features: the validated raw features (kept for pooling to a smaller map).
+      normalized: ``[n, p, c]`` normalised features at the layer's own size.
+    """
+
+    features: F.ChannelFeatures
+    normalized: Array
+
+
+@functools.partial(jax.jit, static_argnames=("center", "scope"))
+def _normalize(x: Array, *, center: bool, scope: str) -> Array:
+    x = F.rescale(x)
+    if center:
+        x = F.center(x, "channels")
+    return F.normalize(x, scope)
+
+
+@jax.jit
+def _cross(a: Array, b: Array) -> Array:
+    return jnp.einsum("npc,npd->cd", a, b, precision=HIGHEST)
+
+
+@jax.jit
+def _permutation_residual(a: Array, b: Array, perm: Array) -> Array:
+    return jnp.sum(jnp.square(a - jnp.take(b, perm, axis=2)))
+
+
+@jax.jit
+def _rotation_residual(a: Array, b: Array, Q: Array) -> Array:
+    return jnp.sum(jnp.square(a - jnp.einsum("npc,cd->npd", b, Q, precision=HIGHEST)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Procrustes:
+    """A Procrustes similarity measure with fixed options (module docstring).
+
+    ``Procrustes("grelu")`` is G_ReLU-Procrustes (Definition 5.2),
+    ``Procrustes("orthogonal")`` orthogonal Procrustes.
+
+    Attributes:
+      group: ``"grelu"`` (permutations of unit-norm columns) or ``"orthogonal"``.
+      convention: ``"standard"`` or ``"authors"``; matters for the orthogonal
+        measure only (whether channels are centred).
+      center: centre each channel over samples and positions first; None takes the
+        convention's rule (G_ReLU: no; orthogonal: ``convention == "standard"``).
+    """
+
+    group: str = "grelu"
+    convention: str = "standard"
+    center: bool | None = None
+
+    kind = "similarity"
+
+    def __post_init__(self):
+        if self.group not in GROUPS:
+            raise ValueError(f"group must be one of {GROUPS}, got {self.group!r}.")
+        F.check_convention(self.convention)
+        if self.center not in (None, True, False):
+            raise ValueError(f"center must be a bool or None, got {self.center!r}.")
+
+    @property
+    def name(self) -> str:
+        return {"grelu": "grelu_procrustes", "orthogonal": "orthogonal_procrustes"}[
+            self.group
+        ]
+
+    @property
+    def centers(self) -> bool:
+        """Whether channels are centred before normalising."""
+        if self.center is not None:
+            return self.center
+        return self.group == "orthogonal" and self.convention == "standard"
+
+    def _normalized(self, values: Array) -> Array:
+        scope = "channels" if self.group == "grelu" else "all"
+        return _normalize(values, center=self.centers, scope=scope)
+
+    def prepare(self, x, name: str = "x") -> ProcrustesState:
+        """Validates and normalises one representation (once per layer).
+
+        Args:
+          x: ``[n, d]`` or ``[n, h, w, c]`` features (not modified).
+          name: the argument's name, for error messages.
+        """
+        feats = F.as_channel_features(x, name, min_samples=1)
+        return ProcrustesState(feats, self._normalized(feats.values))
+
+    def _matched(self, a: ProcrustesState, b: ProcrustesState):
+        """Both representations at a common size and width: ``(A, B, d)``."""
+        if a.features.n != b.features.n:
+            raise ValueError(
+                f"the representations describe {a.features.n} and {b.features.n} "
+                "samples; Procrustes needs the same inputs in the same order."
+            )
+        hw = F.common_spatial(a.features, b.features)
+        mats = []
+        for s in (a, b):
+            if s.features.spatial == hw:
+                mats.append(s.normalized)
+            else:
+                mats.append(self._normalized(F.average_pool(s.features, hw)))
+        d = max(m.shape[2] for m in mats)
+        dtype = jnp.result_type(*mats)
+        A, B = (F.pad_channels(m, d).astype(dtype) for m in mats)
+        return A, B, d
+
+    def distance_and_width(self, a: ProcrustesState, b: ProcrustesState):
+        """``(delta, d)``: the Procrustes distance and the common width."""
+        A, B, d = self._matched(a, b)
+        if not (bool(jnp.any(A != 0)) and bool(jnp.any(B != 0))):
+            raise ValueError(
+                "a representation has no live unit after normalisation (all zero: "
+                "every unit dead or constant), so Procrustes is undefined."
+            )
+        M = np.asarray(_cross(A, B), dtype=np.float64)
+        if self.group == "grelu":
+            _, cols = scipy.optimize.linear_sum_assignment(M, maximize=True)
+            r = _permutation_residual(A, B, jnp.asarray(cols))
+        else:
+            U, _, Vt = np.linalg.svd(M.T)
+            r = _rotation_residual(A, B, jnp.asarray(U @ Vt, dtype=A.dtype))
+        return math.sqrt(max(float(r), 0.0)), d
+
+    def distance(self, a: ProcrustesState, b: ProcrustesState) -> float:
+        """The Procrustes **distance** ``delta`` (0 = identical up to the group)."""
+        return self.distance_and_width(a, b)[0]
+
+    def compare(self, a: ProcrustesState, b: ProcrustesState) -> float:
+        """The Procrustes **similarity** of two prepared representations."""
+        delta, d = self.distance_and_width(a, b)
+        scale = 2.0 * math.sqrt(d) if self.group == "grelu" else 2.0
+        return float(min(max(1.0 - delta / scale, 0.0), 1.0))
+
+    def __call__(self, x, y) -> float:
+        """Similarity of ``x`` and ``y`` (``[n, ...]`` each); 1 = identical."""
+        return self.compare(self.prepare(x, "x"), self.prepare(y, "y"))
+
+
+def grelu_procrustes_distance(X, Y, *, center: bool = False) -> float:
+    """G_ReLU-Procrustes **distance** (Definition 5.2); 0 = identical up to G_ReLU.
+
+    .. math:: \\delta = \\min_{P \\in \\Sigma_d} \\lVert \\hat X - \\hat Y P \\rVert_F
+
+    with ``hat`` scaling each channel to unit norm over samples and positions.
+
+    Args:
+      X: ``[n, d]`` or ``[n, h, w, c]`` features.
+      Y: ``[n, d']`` or ``[n, h', w', c']`` features of the same samples (module
+        docstring for unequal widths and spatial sizes).
+      center: centre channels first (restores invariance to shifts).
+
+    Returns:
+      ``delta`` in ``[0, 2 sqrt(max(d, d'))]``.
+    """
+    m = Procrustes("grelu", center=center)
+    return m.distance(m.prepare(X, "X"), m.prepare(Y, "Y"))
+
+
+def grelu_procrustes_similarity(X, Y, *, center: bool = False) -> float:
+    """G_ReLU-Procrustes **similarity** ``1 - delta / (2 sqrt d)`` (Definition 5.2).
+
+    Args:
+      X: ``[n, d]`` or ``[n, h, w, c]`` features.
+      Y: ``[n, d']`` or ``[n, h', w', c']`` features of the same samples.
+      center: centre channels first (Definition 5.2 does not; see module note).
+
+    Returns:
+      The similarity in ``[0, 1]``; exactly 1 for identical inputs.
+    """
+    return Procrustes("grelu", center=center)(X, Y)
+
+
+def orthogonal_procrustes_distance(X, Y, *, convention: str = "standard") -> float:
+    """Orthogonal Procrustes **distance** ``min_Q |A - B Q|_F``; 0 = identical.
+
+    ``A, B`` are the channel matrices ``[n h w, c]`` scaled to unit Frobenius norm
+    (after centring each channel when ``convention="standard"``).
+
+    Args:
+      X: ``[n, d]`` or ``[n, h, w, c]`` features.
+      Y: ``[n, d']`` or ``[n, h', w', c']`` features of the same samples.
+      convention: ``"standard"`` (centre) or ``"authors"`` (no centring).
+
+    Returns:
+      ``delta`` in ``[0, sqrt 2]``.
+    """
+    m = Procrustes("orthogonal", convention)
+    return m.distance(m.prepare(X, "X"), m.prepare(Y, "Y"))
+
+
+def orthogonal_procrustes_similarity(X, Y, *, convention: str = "standard") -> float:
+    """Orthogonal Procrustes **similarity** ``1 - delta / 2``; 1 = identical up to O(d).
+
+    Args:
+      X: ``[n, d]`` or ``[n, h, w, c]`` features.
+      Y: ``[n, d']`` or ``[n, h', w', c']`` features of the same samples.
+      convention: ``"standard"`` (centre) or ``"authors"`` (no centring).
+
+    Returns:
+      The similarity in ``[1 - 1/sqrt 2, 1]``.
+    """
+    return Procrustes("orthogonal", convention)(X, Y)
