@@ -32,6 +32,7 @@ Convention: a :class:`Monomial` with ``perm`` and ``scale`` is the matrix ``A`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -204,38 +205,66 @@ _ACTIVATIONS: dict[str, Callable[..., Array]] = {
 
 _PARAMS = {"leaky_relu": "negative_slope", "power": "degree"}
 
-# Kinds of group, each a set of matrices with a rule for phi.
-#   general_linear      GL_n                                  phi(A) = A
-#   permutation         P                                     phi(A) = A
-#   positive_monomial   P x positive diagonal                 phi(A) = A
-#   signed_permutation  P x (+-1) diagonal                    phi(A) = |A|
-#   signed_monomial     P x nonzero diagonal, phi = |A|       (|x|, LeakyReLU slope -1)
-#   nonzero_monomial    P x nonzero diagonal                  phi(A) = A^{o d}
+# Kinds of group (sets of matrices):
+#   general_linear      GL_n
+#   permutation         P
+#   positive_monomial   P x positive diagonal
+#   signed_permutation  P x (+-1) diagonal
+#   nonzero_monomial    P x nonzero diagonal
+# and, separately, the rule for phi on them: "A", "abs" (|A|) or "power" (A^{o d}).
+#
+# Table 1 gives the first six activations. For the others the entry lists the
+# monomial elements that intertwine (tested numerically in tests/test_groups.py:
+# tanh is odd, so sign flips pass with phi(A) = A; GELU, SiLU, softplus and ELU
+# admit neither sign flips nor rescalings). That they admit no other elements is
+# not proven here.
 _KIND = {
-    "identity": "general_linear",
-    "relu": "positive_monomial",
-    "leaky_relu": "positive_monomial",
-    "sigmoid": "permutation",
-    "rbf": "signed_permutation",
-    "power": "nonzero_monomial",
+    "identity": ("general_linear", "A"),
+    "relu": ("positive_monomial", "A"),
+    "leaky_relu": ("positive_monomial", "A"),
+    "sigmoid": ("permutation", "A"),
+    "rbf": ("signed_permutation", "abs"),
+    "power": ("nonzero_monomial", "power"),
+    "tanh": ("signed_permutation", "A"),
+    "gelu": ("permutation", "A"),
+    "silu": ("permutation", "A"),
+    "softplus": ("permutation", "A"),
+    "elu": ("permutation", "A"),
 }
-
 
 _MONOMIAL_KINDS = {
     "permutation",
     "positive_monomial",
     "signed_permutation",
-    "signed_monomial",
     "nonzero_monomial",
 }
 _SUBSETS = {
-    "general_linear": {"general_linear", "nonzero_monomial"} | _MONOMIAL_KINDS,
+    "general_linear": {"general_linear"} | _MONOMIAL_KINDS,
     "nonzero_monomial": _MONOMIAL_KINDS,
-    "signed_monomial": _MONOMIAL_KINDS - {"nonzero_monomial"},
     "positive_monomial": {"positive_monomial", "permutation"},
     "signed_permutation": {"signed_permutation", "permutation"},
     "permutation": {"permutation"},
 }
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sample(kind: str, key: Array, n: int, dtype) -> Element:
+    kp, ks, kz = jax.random.split(key, 3)
+    z = jnp.exp(jax.random.normal(kz, (n,), dtype) - 0.5)
+    sign = jnp.where(jax.random.bernoulli(ks, 0.5, (n,)), 1.0, -1.0).astype(dtype)
+    if kind == "general_linear":
+        k1, k2 = jax.random.split(kp)
+        q1 = jax.random.orthogonal(k1, n, dtype=dtype)
+        q2 = jax.random.orthogonal(k2, n, dtype=dtype)
+        return Dense((q1 * z[None, :]) @ q2)
+    perm = jax.random.permutation(kp, n)
+    scale = {
+        "permutation": jnp.ones((n,), dtype),
+        "positive_monomial": z,
+        "signed_permutation": sign,
+        "nonzero_monomial": sign * z,
+    }[kind]
+    return Monomial(perm, scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,16 +303,15 @@ class IntertwinerGroup:
 
     @property
     def _full_kind(self) -> str:
+        return self._kind_and_rule[0]
+
+    @property
+    def _kind_and_rule(self) -> tuple[str, str]:
         if self.activation == "leaky_relu":
             if self.param == 1:
-                return "general_linear"
+                return "general_linear", "A"
             if self.param == -1:
-                return "signed_monomial"
-        if self.activation not in _KIND:
-            raise ValueError(
-                f"No closed-form intertwiner group is known for {self.activation!r}; "
-                "use symjax.groups.intertwines to test candidate elements numerically."
-            )
+                return "nonzero_monomial", "abs"
         return _KIND[self.activation]
 
     def sigma(self, x: Array) -> Array:
@@ -299,17 +327,16 @@ class IntertwinerGroup:
             "permutation": "permutation matrices",
             "positive_monomial": "permutation x positive diagonal",
             "signed_permutation": "permutation x (+-1) diagonal",
-            "signed_monomial": "permutation x nonzero diagonal, phi(A) = |A|",
             "nonzero_monomial": "permutation x nonzero diagonal",
         }[self.kind]
 
     def phi(self, element: Element) -> Element:
         """The closed form of ``phi_sigma`` (Table 1) on a group element."""
-        kind = self._full_kind
-        if kind in ("general_linear", "permutation", "positive_monomial"):
+        rule = self._kind_and_rule[1]
+        if rule == "A":
             return element
         element = as_monomial(element)
-        if kind in ("signed_permutation", "signed_monomial"):
+        if rule == "abs":
             return element.map_scale(jnp.abs)
         return element.map_scale(lambda s: s**self.param)
 
@@ -321,24 +348,7 @@ class IntertwinerGroup:
         ``GL_n`` elements are ``Q1 diag(exp(z - 1/2)) Q2`` with Haar-random
         orthogonal ``Q1, Q2``, which keeps them well conditioned.
         """
-        kp, ks, kz = jax.random.split(key, 3)
-        z = jnp.exp(jax.random.normal(kz, (n,), dtype) - 0.5)
-        sign = jnp.where(jax.random.bernoulli(ks, 0.5, (n,)), 1.0, -1.0).astype(dtype)
-        kind = self.kind
-        if kind == "general_linear":
-            k1, k2 = jax.random.split(kp)
-            q1 = jax.random.orthogonal(k1, n, dtype=dtype)
-            q2 = jax.random.orthogonal(k2, n, dtype=dtype)
-            return Dense((q1 * z[None, :]) @ q2)
-        perm = jax.random.permutation(kp, n)
-        scale = {
-            "permutation": jnp.ones((n,), dtype),
-            "positive_monomial": z,
-            "signed_permutation": sign,
-            "signed_monomial": sign * z,
-            "nonzero_monomial": sign * z,
-        }[kind]
-        return Monomial(perm, scale)
+        return _sample(self.kind, key, n, jnp.dtype(dtype))
 
     def contains(self, element: Element | Array, atol: float = 1e-6) -> bool:
         """Whether ``element`` (structured, or a dense matrix) lies in the group.
@@ -363,7 +373,6 @@ class IntertwinerGroup:
                 "permutation": np.allclose(scale, 1.0, atol=atol),
                 "positive_monomial": np.all(scale > atol),
                 "signed_permutation": np.allclose(np.abs(scale), 1.0, atol=atol),
-                "signed_monomial": np.all(np.abs(scale) > atol),
                 "nonzero_monomial": np.all(np.abs(scale) > atol),
             }[self.kind]
         )
@@ -383,7 +392,9 @@ def activation_group(name: str, **params) -> IntertwinerGroup:
     Note:
       LeakyReLU with slope 1 is the identity, whose group is ``GL_n``; with slope -1
       it is ``|x|``, whose group also contains sign flips (``phi(A) = |A|``).
-      Slope 0 is ReLU.
+      Slope 0 is ReLU. For the activations outside Table 1 (tanh, GELU, SiLU,
+      softplus, ELU) the group holds the monomial elements that intertwine,
+      found numerically; other elements are not ruled out.
     """
     if name not in _ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; choose one of {ACTIVATIONS}.")

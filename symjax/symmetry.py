@@ -255,7 +255,9 @@ def act(spec: SymmetrySpec, variables, elements: Mapping[str, Element]):
             if t is None:
                 t = transforms[name]["perm"] = elements[name].permutation()
             leaf = t.apply(leaf, axis)
-        out[path] = leaf
+        # Keep each leaf's dtype (Flax stores BatchNorm statistics in float32 even
+        # when the parameters are float64).
+        out[path] = jnp.asarray(leaf, dtype=jnp.result_type(flat[path]))
     return traverse_util.unflatten_dict(out, sep="/")
 
 

@@ -17,6 +17,10 @@ TABLE1 = [
     ("rbf", {}),
     ("power", {"degree": 2}),
     ("power", {"degree": 3}),
+    # Beyond Table 1: the monomial elements found numerically (see EXTRA below).
+    ("tanh", {}),
+    ("gelu", {}),
+    ("elu", {}),
 ]
 IDS = [f"{n}{list(p.values())}" for n, p in TABLE1]
 N = 6

@@ -20,8 +20,8 @@ KINDS = {
     ),
     ("relu", ()): ("positive_monomial",) * 4,
     ("leaky_relu", (("negative_slope", -1.0),)): (
-        "signed_monomial",
-        "signed_monomial",
+        "nonzero_monomial",
+        "nonzero_monomial",
         "positive_monomial",
         "positive_monomial",
     ),

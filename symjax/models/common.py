@@ -29,7 +29,6 @@ Array = jax.Array
 _KINDS = (
     "general_linear",
     "nonzero_monomial",
-    "signed_monomial",
     "positive_monomial",
     "signed_permutation",
     "permutation",
@@ -40,7 +39,6 @@ _KINDS = (
 # phi on these values decides the properties tested below.
 _PROBE_SCALES = {
     "nonzero_monomial": (-2.0, -0.5, 0.5, 2.0),
-    "signed_monomial": (-2.0, -0.5, 0.5, 2.0),
     "positive_monomial": (0.5, 2.0),
     "signed_permutation": (-1.0, 1.0),
     "permutation": (1.0,),

@@ -189,14 +189,8 @@ class ConvNeXt(nn.Module):
 
     @nn.nowrap
     def hidden_group(self):
-        """The intertwiner group of the bottleneck activation.
-
-        GELU is not homogeneous and not odd, so its group is the permutations with
-        ``phi(A) = A``; :mod:`symjax.groups` has no closed form for it, so it is
-        supplied here. Other activations use their Table 1 group.
-        """
-        if self.activation == "gelu":
-            return common.permutations()
+        """The intertwiner group of the bottleneck activation (for GELU the
+        permutations, with ``phi(A) = A``)."""
         return common.make_group(self.activation, self.activation_params)
 
     @nn.nowrap
