@@ -241,3 +241,19 @@ def test_bad_inputs_raise_and_inputs_are_not_modified():
         orthogonal_procrustes_similarity(X, Y[:-1])
     with pytest.raises(ValueError, match="group"):
         Procrustes("signed")
+
+
+def test_orthogonal_distance_is_accurate_on_both_sides_of_the_direct_threshold():
+    """Near alignment the distance is evaluated as |A - BQ|, elsewhere from |A^T B|_*."""
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((N, 5))
+    noise = rng.standard_normal((N, 5))
+    for t in (1e-4, 0.05, 0.2, 0.5, 2.0):
+        Y = X + t * noise
+        A, B = X - X.mean(0), Y - Y.mean(0)
+        A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
+        U, _, Vt = np.linalg.svd(B.T @ A)
+        expect = np.linalg.norm(A - B @ U @ Vt)
+        np.testing.assert_allclose(
+            orthogonal_procrustes_distance(X, Y), expect, rtol=1e-9, atol=1e-14
+        )

@@ -167,9 +167,9 @@ def normalize(x: Array, scope: Scope) -> Array:
     """
     axes = _AXES[scope]
     peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    x = x / jnp.where(peak > 0, peak, jnp.ones_like(peak))
-    norm = jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True))
-    return x / jnp.where(norm > 0, norm, jnp.ones_like(norm))
+    y = x / jnp.where(peak > 0, peak, jnp.ones_like(peak))  # entries in [-1, 1]
+    norm = jnp.sqrt(jnp.sum(jnp.square(y), axis=axes, keepdims=True))  # >= 1 or 0
+    return y * (1.0 / jnp.where(norm > 0, norm, jnp.ones_like(norm)))
 
 
 def average_pool(features: ChannelFeatures, spatial: tuple[int, int]) -> Array:
@@ -210,11 +210,3 @@ def common_spatial(a: ChannelFeatures, b: ChannelFeatures) -> tuple[int, int]:
             "map must be an integer multiple of the smaller in both directions."
         )
     return small
-
-
-def pad_channels(x: Array, channels: int) -> Array:
-    """Appends zero (dead) channels to ``x`` ``[n, p, c]`` up to ``channels``."""
-    extra = channels - x.shape[2]
-    if extra <= 0:
-        return x
-    return jnp.pad(x, ((0, 0), (0, 0), (0, extra)))

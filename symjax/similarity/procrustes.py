@@ -27,12 +27,16 @@ because ``|A^T B|_* >= 0``).
 How they are computed: the cross matrix ``A^T B`` ``[d, d]`` is formed on the
 device (at full precision); the optimal permutation comes from
 ``scipy.optimize.linear_sum_assignment`` (maximising ``tr(P^T A^T B)``) and the
-optimal orthogonal ``Q = U V^T`` from the SVD ``B^T A = U S V^T``, both on the host
-in float64. The distance is then evaluated directly as ``|A - B P|_F`` (or
-``|A - B Q|_F``), never as ``sqrt(|A|^2 + |B|^2 - 2 ...)``: that difference of
-nearly equal numbers can round below zero (the paper code's NaN for identical
-inputs) and loses half the digits near ``delta = 0``. Identical inputs give a
-G_ReLU-Procrustes similarity of exactly 1.
+orthogonal optimum from the singular values of ``A^T B``, both on the host in
+float64. Then ``delta^2 = |A|^2 + |B|^2 - 2 tr(P^T A^T B)`` (or
+``- 2 |A^T B|_*``) while that is at least a tenth of ``(|A|^2 + |B|^2) / 2``; there
+its rounding error ``e`` moves the similarity by about ``e / (4 delta)``, less than
+``e``. Closer to alignment that difference of nearly equal numbers loses digits
+and can round below zero (the paper code's NaN for identical inputs), so the
+distance is evaluated directly as ``|A - B P|_F`` (or ``|A - B Q|_F`` with
+``Q = U V^T`` from the SVD ``B^T A = U S V^T``). Identical inputs give a
+G_ReLU-Procrustes similarity of exactly 1, and an orthogonal one within a few
+rounding units of 1; never NaN.
 
 Rules for unequal shapes:
 
@@ -83,34 +87,49 @@ class ProcrustesState(NamedTuple):
 
     Attributes:
       features: the validated raw features (kept for pooling to a smaller map).
-      normalized: ``[n, p, c]`` normalised features at the layer's own size.
+      normalized: ``[n p, c]`` normalised channel matrix at the layer's own size
+        (each column one channel over samples and positions).
+      squared_norm: ``|normalized|_F^2`` (the number of live channels for G_ReLU,
+        1 for orthogonal; 0 if nothing is live).
     """
 
     features: F.ChannelFeatures
     normalized: Array
+    squared_norm: float
 
 
 @functools.partial(jax.jit, static_argnames=("center", "scope"))
-def _normalize(x: Array, *, center: bool, scope: str) -> Array:
-    x = F.rescale(x)
-    if center:
-        x = F.center(x, "channels")
-    return F.normalize(x, scope)
+def _normalize(x: Array, *, center: bool, scope: str) -> tuple[Array, Array]:
+    if center:  # (normalize guards its own range; centring needs the rescale)
+        x = F.center(F.rescale(x), "channels")
+    x = F.normalize(x, scope)
+    return x.reshape(-1, x.shape[2]), jnp.sum(jnp.square(x))
 
 
 @jax.jit
 def _cross(a: Array, b: Array) -> Array:
-    return jnp.einsum("npc,npd->cd", a, b, precision=HIGHEST)
+    """``A^T B`` ``[c, c']`` of channel matrices ``a`` ``[m, c]``, ``b`` ``[m, c']``."""
+    return jnp.dot(a.T, b, precision=HIGHEST)
+
+
+# Below this fraction of (|A|^2 + |B|^2) / 2 the squared distance is evaluated
+# directly as |A - B P|^2 or |A - B Q|^2 rather than from A^T B.
+_DIRECT_BELOW = 0.1
 
 
 @jax.jit
 def _permutation_residual(a: Array, b: Array, perm: Array) -> Array:
-    return jnp.sum(jnp.square(a - jnp.take(b, perm, axis=2)))
+    return jnp.sum(jnp.square(a - b[:, perm]))
 
 
 @jax.jit
 def _rotation_residual(a: Array, b: Array, Q: Array) -> Array:
-    return jnp.sum(jnp.square(a - jnp.einsum("npc,cd->npd", b, Q, precision=HIGHEST)))
+    return jnp.sum(jnp.square(a - jnp.dot(b, Q, precision=HIGHEST)))
+
+
+def _pad_columns(a: Array, d: int) -> Array:
+    """Appends zero (dead) channels to a channel matrix ``a`` ``[m, c]``."""
+    return a if a.shape[1] >= d else jnp.pad(a, ((0, 0), (0, d - a.shape[1])))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +173,10 @@ class Procrustes:
             return self.center
         return self.group == "orthogonal" and self.convention == "standard"
 
-    def _normalized(self, values: Array) -> Array:
+    def _normalized(self, values: Array) -> tuple[Array, float]:
         scope = "channels" if self.group == "grelu" else "all"
-        return _normalize(values, center=self.centers, scope=scope)
+        Z, sq = _normalize(values, center=self.centers, scope=scope)
+        return Z, float(sq)
 
     def prepare(self, x, name: str = "x") -> ProcrustesState:
         """Validates and normalises one representation (once per layer).
@@ -166,10 +186,14 @@ class Procrustes:
           name: the argument's name, for error messages.
         """
         feats = F.as_channel_features(x, name, min_samples=1)
-        return ProcrustesState(feats, self._normalized(feats.values))
+        return ProcrustesState(feats, *self._normalized(feats.values))
 
     def _matched(self, a: ProcrustesState, b: ProcrustesState):
-        """Both representations at a common size and width: ``(A, B, d)``."""
+        """Both at a common size and width.
+
+        Returns:
+          ``(A [m, d], B [m, d], d, |A|^2 + |B|^2)``.
+        """
         if a.features.n != b.features.n:
             raise ValueError(
                 f"the representations describe {a.features.n} and {b.features.n} "
@@ -179,30 +203,40 @@ class Procrustes:
         mats = []
         for s in (a, b):
             if s.features.spatial == hw:
-                mats.append(s.normalized)
+                mats.append((s.normalized, s.squared_norm))
             else:
                 mats.append(self._normalized(F.average_pool(s.features, hw)))
-        d = max(m.shape[2] for m in mats)
-        dtype = jnp.result_type(*mats)
-        A, B = (F.pad_channels(m, d).astype(dtype) for m in mats)
-        return A, B, d
-
-    def distance_and_width(self, a: ProcrustesState, b: ProcrustesState):
-        """``(delta, d)``: the Procrustes distance and the common width."""
-        A, B, d = self._matched(a, b)
-        if not (bool(jnp.any(A != 0)) and bool(jnp.any(B != 0))):
+        if not all(sq > 0 for _, sq in mats):
             raise ValueError(
                 "a representation has no live unit after normalisation (all zero: "
                 "every unit dead or constant), so Procrustes is undefined."
             )
+        d = max(m.shape[1] for m, _ in mats)
+        dtype = jnp.result_type(*(m for m, _ in mats))
+        (A, sa), (B, sb) = ((_pad_columns(m, d).astype(dtype), sq) for m, sq in mats)
+        return A, B, d, sa + sb
+
+    def distance_and_width(self, a: ProcrustesState, b: ProcrustesState):
+        """``(delta, d)``: the Procrustes distance and the common width."""
+        A, B, d, norms = self._matched(a, b)
         M = np.asarray(_cross(A, B), dtype=np.float64)
+
+        # The optimal group element, and |A - B g|^2 from A^T B alone.
         if self.group == "grelu":
-            _, cols = scipy.optimize.linear_sum_assignment(M, maximize=True)
-            r = _permutation_residual(A, B, jnp.asarray(cols))
+            rows, cols = scipy.optimize.linear_sum_assignment(M, maximize=True)
+            r = norms - 2.0 * M[rows, cols].sum()
         else:
-            U, _, Vt = np.linalg.svd(M.T)
-            r = _rotation_residual(A, B, jnp.asarray(U @ Vt, dtype=A.dtype))
-        return math.sqrt(max(float(r), 0.0)), d
+            r = norms - 2.0 * np.linalg.svd(M, compute_uv=False).sum()
+
+        # Nearly aligned: that difference has lost digits; evaluate |A - B g| itself.
+        if r < _DIRECT_BELOW * norms / 2:
+            if self.group == "grelu":
+                r = float(_permutation_residual(A, B, jnp.asarray(cols)))
+            else:
+                U, _, Vt = np.linalg.svd(M.T)  # B^T A = U S V^T, Q = U V^T
+                Q = jnp.asarray(U @ Vt, dtype=A.dtype)
+                r = float(_rotation_residual(A, B, Q))
+        return math.sqrt(max(r, 0.0)), d
 
     def distance(self, a: ProcrustesState, b: ProcrustesState) -> float:
         """The Procrustes **distance** ``delta`` (0 = identical up to the group)."""
