@@ -64,7 +64,7 @@ def test_rbf_gram_rejects_zero_median_distance():
 
 def test_auto_block_size_divides_evenly_and_respects_budget():
     for n in (7, 500, 1000, 2000):
-        for c in (1, 64, 512):
+        for c in (None, 1, 64, 512):
             b = auto_block_size(n, c)
             assert 1 <= b <= n
             assert b == n or b % 8 == 0

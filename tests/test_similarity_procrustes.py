@@ -244,7 +244,7 @@ def test_bad_inputs_raise_and_inputs_are_not_modified():
 
 
 def test_orthogonal_distance_is_accurate_on_both_sides_of_the_direct_threshold():
-    """Near alignment the distance is evaluated as |A - BQ|, elsewhere from |A^T B|_*."""
+    """Near alignment delta is evaluated as |A - BQ|, elsewhere from |A^T B|_*."""
     rng = np.random.default_rng(23)
     X = rng.standard_normal((N, 5))
     noise = rng.standard_normal((N, 5))

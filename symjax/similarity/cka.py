@@ -188,7 +188,7 @@ class CKA:
             H.check_unbiased_size(n, name)
         itemsize = feats.values.dtype.itemsize
         block = self.block_size or Kn.auto_block_size(
-            n, c if self.kernel == "max" else 1, itemsize
+            n, c if self.kernel == "max" else None, itemsize
         )
 
         C, sq, energy, median = _prepare_gram(

@@ -19,14 +19,15 @@ triangle, each mirrored into the lower one, inside one ``lax.scan``; only
 ``ceil(n/b) (ceil(n/b) + 1) / 2`` tiles are computed. Memory beyond the input is
 bounded by the padded output plus one tile's intermediates:
 
-* linear kernel: ``n_pad^2 + b^2`` numbers;
+* linear kernel: ``n_pad^2 + b^2 + 2 b d`` numbers (``d = p c``: two row slices);
 * max kernel: ``n_pad^2 + c b^2`` numbers (the per-channel products of one tile)
-  plus a channel-major copy of the input;
+  plus a channel-major copy of the input and two tile slices ``2 c b p``;
 * RBF kernel: the linear Gram and about three more ``[n, n]`` arrays (squared
   distances, their sort for the median, the kernel),
 
-with ``n_pad = b ceil(n / b)``. With ``block_size=None`` the tile is chosen so that
-``c b^2`` stays under about 8 MiB on a CPU and 256 MiB on an accelerator.
+with ``n_pad = b ceil(n / b)``. With ``block_size=None`` the max kernel's tile is
+chosen so that ``c b^2`` stays under about 8 MiB on a CPU and 256 MiB on an
+accelerator, and the linear kernel's is ``n / 4`` (:func:`auto_block_size`).
 Products are computed at ``lax.Precision.HIGHEST`` (accelerators otherwise use
 TF32 or bfloat16 passes for float32 products).
 
@@ -64,16 +65,22 @@ KERNELS = ("linear", "max", "rbf")
 _TILE_BYTES = {"cpu": 8 * 2**20, "default": 256 * 2**20}
 
 
-def auto_block_size(n: int, channels: int, itemsize: int = 4) -> int:
+def auto_block_size(n: int, channels: int | None, itemsize: int = 4) -> int:
     """The tile size used when ``block_size=None``.
 
-    The largest ``b`` with ``channels * b^2 * itemsize`` under the backend's tile
-    budget (8 MiB on CPU, 256 MiB elsewhere), then evened out so that the padded
-    size ``b * ceil(n / b)`` wastes little, and rounded up to a multiple of 8.
+    Max kernel (``channels`` given): the largest ``b`` with
+    ``channels * b^2 * itemsize`` under the backend's tile budget (8 MiB on CPU,
+    256 MiB elsewhere). Linear kernel (``channels=None``): a quarter of ``n`` (ten
+    tiles of sixteen, 62.5% of the products of one ``[n, n]`` product), or ``n``
+    when ``n <= 256``. Either is then evened out so that the padded size
+    ``b * ceil(n / b)`` wastes little, and rounded up to a multiple of 8.
     """
-    backend = jax.default_backend()
-    budget = _TILE_BYTES.get(backend, _TILE_BYTES["default"])
-    b = int(math.sqrt(budget / (max(channels, 1) * itemsize)))
+    if channels is None:
+        b = n if n <= 256 else -(-n // 4)
+    else:
+        backend = jax.default_backend()
+        budget = _TILE_BYTES.get(backend, _TILE_BYTES["default"])
+        b = int(math.sqrt(budget / (max(channels, 1) * itemsize)))
     b = max(8, min(b, n))
     blocks = -(-n // b)
     b = -(-n // blocks)
@@ -130,7 +137,7 @@ def symmetric_blocks(z: Array, pair, block: int, axis: int = 0) -> Array:
 
 
 def _linear_pair(a: Array, b: Array) -> Array:
-    return jnp.einsum("ipc,jpc->ij", a, b, precision=HIGHEST)
+    return jnp.dot(a, b.T, precision=HIGHEST)
 
 
 def _max_pair(a: Array, b: Array) -> Array:
@@ -141,7 +148,7 @@ def _max_pair(a: Array, b: Array) -> Array:
 @functools.partial(jax.jit, static_argnames=("block",))
 def linear_gram_channels(x: Array, block: int) -> Array:
     """Linear Gram ``X X^T`` of channel-form features ``[n, p, c]`` -> ``[n, n]``."""
-    return symmetric_blocks(x, _linear_pair, block)
+    return symmetric_blocks(x.reshape(x.shape[0], -1), _linear_pair, block)
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
@@ -206,7 +213,7 @@ def linear_gram(x, *, block_size: int | None = None) -> Array:
     """
     v = _prepare(x, "x", block_size, 1)
     n = v.shape[0]
-    b = block_size or auto_block_size(n, 1, v.dtype.itemsize)
+    b = block_size or auto_block_size(n, None)
     return linear_gram_channels(v, b)
 
 
@@ -256,7 +263,7 @@ def rbf_gram(x, *, bandwidth: float = 0.8, block_size: int | None = None) -> Arr
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}.")
     v = _prepare(x, "x", block_size, 2)
     n = v.shape[0]
-    b = block_size or auto_block_size(n, 1, v.dtype.itemsize)
+    b = block_size or auto_block_size(n, None)
     K, m = rbf_gram_channels(v, bandwidth, b)
     check_median(m, "x")
     return K
