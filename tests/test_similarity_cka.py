@@ -7,10 +7,11 @@ import pytest
 from symjax.groups import activation_group
 from symjax.similarity import (
     CKA,
-    cka_from_grams,
+    cka_similarity_from_grams,
     grelu_cka_similarity,
     linear_cka_similarity,
     linear_gram,
+    max_gram,
     rbf_cka_similarity,
 )
 from symjax.similarity.cka import _center_jit, _standardize_jit
@@ -243,7 +244,7 @@ def test_inputs_are_never_modified():
     for dtype in (np.float32, np.float64):
         X, Y = (a.astype(dtype) for a in related_pair(21, shape=CONV))
         X0, Y0 = X.copy(), Y.copy()
-        for kernel in ("linear", "rbf", "max"):
+        for kernel in ("rbf", "max"):
             CKA(kernel, convention="authors")(X, Y)
         linear_cka_similarity(X, Y, method="features")
         np.testing.assert_array_equal(X, X0)
@@ -262,12 +263,14 @@ def test_linear_cka_from_features_equals_from_grams(estimator, convention):
     )
 
 
-def test_cka_from_grams_matches_feature_measure():
+def test_cka_similarity_from_grams_matches_feature_measure():
     X, Y = related_pair(23, shape_b=(7,))
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     for estimator in ("unbiased", "biased"):
         np.testing.assert_allclose(
-            cka_from_grams(linear_gram(Xc), linear_gram(Yc), estimator=estimator),
+            cka_similarity_from_grams(
+                linear_gram(Xc), linear_gram(Yc), estimator=estimator
+            ),
             linear_cka_similarity(X, Y, estimator=estimator),
             rtol=1e-10,
         )
@@ -281,7 +284,7 @@ def test_cka_from_grams_matches_feature_measure():
 
 
 def test_different_widths_and_spatial_sizes():
-    X, Y = related_pair(24, shape=(4, 2, 5), shape_b=(7,))
+    X, Y = related_pair(24, shape=CONV, shape_b=(7,))
     for kernel in ("linear", "rbf", "max"):
         s = CKA(kernel)(X, Y)
         assert -1 <= s <= 1 and np.isfinite(s)
@@ -346,3 +349,19 @@ def test_authors_convention_matches_their_definition(kernel):
         _authors_transcription(X, Y, kernel),
         rtol=1e-10,
     )
+
+
+def test_cka_on_indefinite_grams_is_defined():
+    """Max-kernel Grams are indefinite (Lemma 5.5 fails); CKA stays in [-1, 1]."""
+    rng = np.random.default_rng(29)
+    for _ in range(5):
+        K = np.asarray(max_gram(rng.standard_normal((N, 6))))
+        L = np.asarray(max_gram(rng.standard_normal((N, 6))))
+        assert np.linalg.eigvalsh(K)[0] < 0
+        for estimator in ("unbiased", "biased"):
+            s = cka_similarity_from_grams(K, L, estimator=estimator)
+            assert np.isfinite(s) and -1 <= s <= 1
+        assert cka_similarity_from_grams(K, K) == 1.0
+    # A Gram matrix with nothing to centre (constant off the diagonal) is rejected.
+    with pytest.raises(ValueError, match="vanishes"):
+        cka_similarity_from_grams(np.ones((N, N)) + np.eye(N), L)

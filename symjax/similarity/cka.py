@@ -226,8 +226,11 @@ class CKA:
         return self.compare(self.prepare(x, "x"), self.prepare(y, "y"))
 
 
-def cka_from_grams(K, L, *, estimator: str = "unbiased") -> float:
-    """CKA similarity of two Gram matrices ``K, L`` ``[n, n]``.
+def cka_similarity_from_grams(K, L, *, estimator: str = "unbiased") -> float:
+    """CKA **similarity** of two Gram matrices ``K, L`` ``[n, n]``; 1 = identical.
+
+    ``K`` and ``L`` need not be positive semi-definite (the max kernel's are not):
+    the result is still in ``[-1, 1]``.
 
     Args:
       K: ``[n, n]`` symmetric Gram matrix of the first representation.

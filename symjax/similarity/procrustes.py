@@ -38,6 +38,12 @@ distance is evaluated directly as ``|A - B P|_F`` (or ``|A - B Q|_F`` with
 G_ReLU-Procrustes similarity of exactly 1, and an orthogonal one within a few
 rounding units of 1; never NaN.
 
+Invariances (group acting on channels, the columns): G_ReLU-Procrustes, the
+permutations times positive diagonals (``G_ReLU``), plus shifts with
+``center=True``; not sign flips (a flipped column cannot be matched) and not a
+generic orthogonal map. Orthogonal Procrustes, ``O(d)`` and isotropic scaling, plus
+shifts when it centres; not per-channel scaling.
+
 Rules for unequal shapes:
 
 * widths ``d != d'``: the narrower representation gets zero (dead) columns up to
