@@ -649,7 +649,8 @@ def stitch_pairs(
     first = True
     while current is not None:
         train_step, init_opt, evaluate = programs(current)
-        opt_state = init_opt(params)
+        # A stage without epochs (the identity class) needs no optimiser state.
+        opt_state = init_opt(params) if epochs > 0 else None
         schedule = _epsilon_schedule(config, epochs * steps_per_epoch)
         relaxed = isinstance(current, stitch_layers.GReLU)
 
