@@ -42,6 +42,7 @@ are present, sharded over them along the trial axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,12 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from symjax.data import ArrayDataset, Splits, augment, epoch_permutation, normalize
 from symjax.groups import Dense, Element, Monomial, as_dense
 from symjax.rotations import haar_orthogonal
 from symjax.symmetry import SymmetrySpec
+from symjax.training import parallel
 
 Array = jax.Array
 logger = logging.getLogger(__name__)
@@ -88,6 +90,9 @@ class FinetuneConfig:
         paper's models were trained with 2.
       flip: random horizontal flips.
       eval_batch_size: examples per evaluation batch.
+      test_every_epoch: evaluate the test split after every epoch (a learning
+        curve); otherwise only before fine-tuning and at the chosen epoch, whose
+        weights are kept aside when validation accuracy improves.
     """
 
     epochs: int = 2
@@ -100,6 +105,7 @@ class FinetuneConfig:
     augment_pad: int = 2
     flip: bool = True
     eval_batch_size: int = 500
+    test_every_epoch: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "augment_pad"):
@@ -460,25 +466,9 @@ def _later_apply(model, params, stats, h, layer, train):
     return logits, mutated["batch_stats"]
 
 
-def _mesh(k: int, devices: Sequence[jax.Device] | None) -> Mesh | None:
-    devices = list(jax.local_devices() if devices is None else devices)
-    if len(devices) < 2:
-        return None
-    if k % len(devices):
-        logger.warning(
-            "%d trials do not divide evenly over %d devices; running on one device.",
-            k,
-            len(devices),
-        )
-        return None
-    return Mesh(np.asarray(devices), ("trials",))
-
-
-def _place(tree, mesh: Mesh | None, split: bool):
-    if mesh is None:
-        return tree
-    spec = PartitionSpec("trials") if split else PartitionSpec()
-    return jax.device_put(tree, NamedSharding(mesh, spec))
+def _place(tree, mesh: Mesh, split: bool):
+    sharding = parallel.seed_sharding(mesh) if split else parallel.replicated(mesh)
+    return jax.device_put(tree, sharding)
 
 
 def _dataset_predictions(predict, dataset: ArrayDataset, batch_size: int) -> np.ndarray:
@@ -559,13 +549,16 @@ def run_trials(
       config: fine-tuning configuration.
       preprocess: maps a ``uint8`` batch to the model's input (cast to the
         parameters' dtype afterwards).
-      devices: devices to shard the trials over (default: all local devices; the
-        trials stay on one device unless ``k`` is divisible by their number).
+      devices: devices to shard the trials over (default: all local devices);
+        the trial axis is padded to a multiple of their number by repeating the
+        last seed (:func:`symjax.training.parallel.pad_seeds`), and the copies'
+        results are discarded.
 
     Returns:
       One record per trial: ``layer``, ``layer_index``, ``kind``, ``seed``,
       ``acc_before`` and ``val_acc_before`` (the untransformed network),
-      ``val_acc`` and ``test_acc`` (lists over epochs ``0..E``), ``train_loss``
+      ``val_acc`` and ``test_acc`` (lists over epochs ``0..E``; ``test_acc`` is
+      None after epoch 0 unless ``config.test_every_epoch``), ``train_loss``
       (mean over each epoch ``1..E``), ``best_epoch`` (first epoch of highest
       validation accuracy), ``acc_after`` (test accuracy at ``best_epoch``),
       ``penalty = acc_before - acc_after``, ``finetune`` (the configuration) and
@@ -594,10 +587,12 @@ def run_trials(
         )
     cut = _Cut.build(model, layer)
     dtype = _param_dtype(variables)
-    k = len(seeds)
+    mesh = parallel.seed_mesh(jax.local_devices() if devices is None else devices)
+    padded, n_real = parallel.pad_seeds(seeds, mesh.size)
+    k = len(padded)
 
     # The transformations, and the trainable state of the later layers.
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in padded])
     A = jax.tree_util.tree_map(
         lambda *xs: jnp.stack(xs),
         *[
@@ -617,7 +612,6 @@ def run_trials(
     )
     state = _TrialState(stack(params), stack(stats), jax.vmap(tx.init)(stack(params)))
     aug_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-    mesh = _mesh(k, devices)
     state, A, aug_keys = _place((state, A, aug_keys), mesh, True)
     frozen = _place(variables, mesh, False)
 
@@ -643,7 +637,7 @@ def run_trials(
         params = optax.apply_updates(state.params, updates)
         return _TrialState(params, new_stats, opt_state), loss
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state, A, keys, epoch, step, images, labels, frozen):
         keys = jax.vmap(lambda key: jax.random.fold_in(key, epoch * steps + step))(keys)
         return jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None))(
@@ -651,7 +645,7 @@ def run_trials(
         )
 
     @jax.jit
-    def predict(state, A, images, frozen):
+    def predict(later, A, images, frozen):
         h_prev = cut.shared(frozen, preprocess(images).astype(dtype))
 
         def one(params, stats, A):
@@ -659,12 +653,23 @@ def run_trials(
             logits, _ = _later_apply(model, params, stats, h, layer, False)
             return jnp.argmax(logits, -1)
 
-        return jax.vmap(one)(state.params, state.batch_stats, A)
+        return jax.vmap(one)(*later, A)
+
+    @jax.jit
+    def keep_improved(best, later, improved):
+        def pick(b, s):
+            return jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b)
+
+        return jax.tree_util.tree_map(pick, best, later)
 
     eval_size = min(config.eval_batch_size, len(splits.val), len(splits.test))
 
-    def evaluate(state, dataset):
-        fn = lambda images: predict(state, A, images, frozen)  # noqa: E731
+    def evaluate(later, dataset):
+        """``[k]`` accuracies of the trials' later layers ``(params, stats)``."""
+
+        def fn(images):
+            return predict(later, A, _place(images, mesh, False), frozen)
+
         return _dataset_predictions(fn, dataset, eval_size).mean(-1)
 
     # The untransformed network, then epochs 0..E of fine-tuning.
@@ -675,19 +680,29 @@ def run_trials(
         preprocess=preprocess,
         batch_size=config.eval_batch_size,
     )
-    val_acc, test_acc = [evaluate(state, splits.val)], [evaluate(state, splits.test)]
+    later = (state.params, state.batch_stats)
+    val_acc, test_acc = [evaluate(later, splits.val)], [evaluate(later, splits.test)]
+    best = jax.tree_util.tree_map(jnp.copy, later)
+    best_val = val_acc[0]
     losses = []
     for epoch in range(1, config.epochs + 1):
-        order = np.stack([epoch_permutation(s, epoch, len(train)) for s in seeds])
-        total = np.zeros(k)
+        order = np.stack([epoch_permutation(s, epoch, len(train)) for s in padded])
+        total = jnp.zeros(k, dtype)
         for step in range(steps):
             idx = order[:, step * config.batch_size : (step + 1) * config.batch_size]
             batch = _place((train.images[idx], train.labels[idx]), mesh, True)
             state, loss = train_step(state, A, aug_keys, epoch, step, *batch, frozen)
-            total += np.asarray(loss)
-        losses.append(total / max(steps, 1))
-        val_acc.append(evaluate(state, splits.val))
-        test_acc.append(evaluate(state, splits.test))
+            total = total + loss
+        losses.append(np.asarray(total)[:n_real] / max(steps, 1))
+        later = (state.params, state.batch_stats)
+        val_acc.append(evaluate(later, splits.val))
+        improved = val_acc[-1] > best_val
+        best_val = np.maximum(best_val, val_acc[-1])
+        best = keep_improved(best, later, _place(jnp.asarray(improved), mesh, True))
+        if config.test_every_epoch:
+            test_acc.append(evaluate(later, splits.test))
+        else:
+            test_acc.append(np.full(k, np.nan))
         logger.info(
             "layer %s, %s: epoch %d, loss %s, val acc %s",
             layer,
@@ -697,12 +712,13 @@ def run_trials(
             np.round(val_acc[-1], 4),
         )
 
-    # Choose the epoch on validation, report test.
+    # The epoch chosen on validation (the first best), reported on test.
+    acc_after = evaluate(best, splits.test)
     val_acc, test_acc = np.stack(val_acc, 1), np.stack(test_acc, 1)
     seconds = time.perf_counter() - start_time
     results = []
     for i, seed in enumerate(seeds):
-        best = int(np.argmax(val_acc[i]))
+        chosen = int(np.argmax(val_acc[i]))
         results.append(
             {
                 "layer": layer,
@@ -712,11 +728,11 @@ def run_trials(
                 "acc_before": acc_before,
                 "val_acc_before": val_before,
                 "val_acc": val_acc[i].tolist(),
-                "test_acc": test_acc[i].tolist(),
+                "test_acc": [None if np.isnan(a) else a for a in test_acc[i].tolist()],
                 "train_loss": [float(loss[i]) for loss in losses],
-                "best_epoch": best,
-                "acc_after": float(test_acc[i, best]),
-                "penalty": acc_before - float(test_acc[i, best]),
+                "best_epoch": chosen,
+                "acc_after": float(acc_after[i]),
+                "penalty": acc_before - float(acc_after[i]),
                 "finetune": config.to_dict(),
                 "seconds": seconds,
             }

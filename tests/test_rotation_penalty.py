@@ -201,82 +201,98 @@ def test_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------------------
-# Fine-tuning on synthetic data.
-
-
-def _synthetic(n, seed):
-    """Images whose label is the index of the brightest of ten fixed patterns."""
-    rng = np.random.default_rng(seed)
-    patterns = np.random.default_rng(99).normal(size=(10, 16, 16, 3))
-    images = rng.integers(0, 256, size=(n, 16, 16, 3)).astype(np.uint8)
-    x = (images / 255.0 - 0.5).reshape(n, -1)
-    labels = np.argmax(x @ patterns.reshape(10, -1).T, 1).astype(np.int32)
-    return ArrayDataset(images, labels, f"synthetic/{seed}")
-
-
-SPLITS = Splits(_synthetic(96, 0), _synthetic(40, 1), _synthetic(40, 2))
-CONFIG = rp.FinetuneConfig(
-    epochs=2, batch_size=32, learning_rate=3e-3, eval_batch_size=32, augment_pad=0
-)
+# Fine-tuning on synthetic data labelled by the base network itself (a teacher),
+# so that the untransformed network is exact and the transformed ones must relearn.
 
 
 def _preprocess(images):
     return normalize(images).astype(jnp.float64)
 
 
+@functools.cache
+def _teacher_splits(batch_norm=False):
+    model, variables, _ = _myrtle("relu", batch_norm)
+    rng = np.random.default_rng(5)
+
+    def split(n, name):
+        images = rng.integers(0, 256, size=(n, 16, 16, 3)).astype(np.uint8)
+        logits = _forward(model)(variables, _preprocess(images))
+        return ArrayDataset(images, np.asarray(logits.argmax(-1), np.int32), name)
+
+    return Splits(split(96, "train"), split(40, "val"), split(40, "test"))
+
+
 def test_identity_control_at_epoch_zero_is_the_original_network():
     model, variables, _ = _myrtle("relu")
+    config = rp.FinetuneConfig(
+        epochs=2, batch_size=32, learning_rate=3e-3, eval_batch_size=40
+    )
     (result,) = rp.run_trials(
         model,
         variables,
-        SPLITS,
+        _teacher_splits(),
         "block1",
         "identity",
         [0],
-        CONFIG,
+        config,
         preprocess=_preprocess,
     )
+    assert result["acc_before"] == 1.0 and result["val_acc_before"] == 1.0
     assert result["test_acc"][0] == result["acc_before"]
     assert result["val_acc"][0] == result["val_acc_before"]
-    assert len(result["test_acc"]) == CONFIG.epochs + 1
-    best = result["best_epoch"]
-    assert result["val_acc"][best] == max(result["val_acc"])
-    assert result["penalty"] == pytest.approx(
-        result["acc_before"] - result["test_acc"][best], abs=1e-12
-    )
-    # Fine-tuning trains: the loss falls from the first epoch to the second.
-    assert result["train_loss"][1] < result["train_loss"][0]
+    assert result["test_acc"][1:] == [None, None]
+    assert len(result["val_acc"]) == config.epochs + 1
 
 
-def test_vmapped_trials_match_single_trials():
+def test_trials_choose_their_epoch_on_validation_and_match_single_runs():
     model, variables, _ = _myrtle("relu")
     config = rp.FinetuneConfig(
-        epochs=1, batch_size=32, eval_batch_size=40, augment_pad=2
+        epochs=3,
+        batch_size=32,
+        learning_rate=3e-3,
+        eval_batch_size=40,
+        augment_pad=0,
+        test_every_epoch=True,
     )
+    splits = _teacher_splits()
     batch = rp.run_trials(
         model,
         variables,
-        SPLITS,
-        "block2",
+        splits,
+        "block1",
         "orthogonal",
-        [5, 8],
+        [0, 1, 2],
         config,
         preprocess=_preprocess,
     )
+    discriminating = 0
+    for r in batch:
+        best = r["best_epoch"]
+        assert r["val_acc"][best] == max(r["val_acc"])
+        assert best == r["val_acc"].index(max(r["val_acc"]))
+        # The weights kept aside at the chosen epoch are that epoch's weights.
+        assert r["acc_after"] == r["test_acc"][best]
+        assert r["penalty"] == pytest.approx(r["acc_before"] - r["acc_after"], abs=0)
+        discriminating += r["test_acc"][best] != r["test_acc"][-1]
+        # Fine-tuning trains: the last epoch's loss is below the first's.
+        assert r["train_loss"][-1] < r["train_loss"][0]
+    assert discriminating >= 1  # some trial's chosen epoch is not its last
+
+    # A trial trained alone matches the same trial trained with others; different
+    # seeds draw different rotations, hence different trials.
     single = rp.run_rotation_penalty(
         model,
         variables,
-        SPLITS,
-        "block2",
+        splits,
+        "block1",
         "orthogonal",
-        8,
+        0,
         config,
         preprocess=_preprocess,
     )
-    assert batch[1]["test_acc"] == single["test_acc"]
-    assert batch[1]["val_acc"] == single["val_acc"]
-    np.testing.assert_allclose(batch[1]["train_loss"], single["train_loss"], rtol=1e-9)
-    # Different seeds draw different rotations, hence different trials.
+    assert single["val_acc"] == batch[0]["val_acc"]
+    assert single["test_acc"] == batch[0]["test_acc"]
+    np.testing.assert_allclose(single["train_loss"], batch[0]["train_loss"], rtol=1e-9)
     assert batch[0]["train_loss"] != batch[1]["train_loss"]
 
 
@@ -286,12 +302,54 @@ def test_batch_norm_model_fine_tunes():
     (result,) = rp.run_trials(
         model,
         variables,
-        SPLITS,
+        _teacher_splits(batch_norm=True),
         "block1",
         "identity",
         [1],
         config,
         preprocess=_preprocess,
     )
-    assert result["test_acc"][0] == result["acc_before"]
+    # The intercepted front and the later layers with their running statistics
+    # reproduce the network.
+    assert result["acc_before"] == 1.0 and result["val_acc_before"] == 1.0
+    assert result["test_acc"][0] == 1.0 and result["val_acc"][0] == 1.0
     assert np.isfinite(result["train_loss"]).all()
+
+
+# ---------------------------------------------------------------------------
+# The experiment's summary and figure, on made-up records.
+
+
+def test_experiment_summary_and_figure(tmp_path):
+    from experiments import rotation_penalty as experiment
+
+    records = []
+    for kind, penalties in (("group", [0.01, 0.03, 0.02]), ("orthogonal", [0.2, 0.1])):
+        for t, p in enumerate(penalties):
+            records.append(
+                {
+                    "activation": "relu",
+                    "layer": "block1",
+                    "layer_index": 1,
+                    "kind": kind,
+                    "trial": t,
+                    "penalty": p,
+                    "acc_before": 0.8,
+                    "acc_after": 0.8 - p,
+                    "test_acc": [0.5, None],
+                    "best_epoch": 1,
+                }
+            )
+    summaries = experiment.summarize(records)
+    group, orthogonal = summaries
+    assert (group.kind, group.trials, orthogonal.trials) == ("group", 3, 2)
+    assert group.penalty == pytest.approx(0.02, abs=1e-12)
+    # Student-t interval: t_{0.975, 2} = 4.3027 times the standard error.
+    assert group.ci95 == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
+    assert orthogonal.penalty_no_finetune == pytest.approx(0.3, abs=1e-12)
+
+    csv_path = experiment.write_csv(summaries, tmp_path / "rp.csv")
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("activation,layer,layer_index")
+    figure = experiment.plot(summaries, tmp_path / "figure4.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
