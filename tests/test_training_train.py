@@ -20,7 +20,7 @@ from symjax.training import (
     pad_seeds,
     seed_mesh,
 )
-from symjax.training.train import evaluate
+from symjax.training.train import evaluate, state_variables
 
 CONFIG = TrainConfig(
     arch="tiny",
@@ -115,7 +115,7 @@ def test_records_select_on_validation_and_report_test(splits, uninterrupted):
     result, workdirs = uninterrupted
     mesh = seed_mesh()
     eval_step = make_eval_step(TinyNet(), mesh)
-    best = jax.device_put(result.best_variables)
+
     for k, (record, path) in enumerate(zip(result.records, workdirs, strict=True)):
         evals = [r for r in result.history[k] if r["kind"] == "eval"]
         assert len(evals) == CONFIG.epochs  # test accuracy after every epoch
@@ -125,8 +125,7 @@ def test_records_select_on_validation_and_report_test(splits, uninterrupted):
         assert record["test_accuracy"] == chosen["test_accuracy"]
         assert RunDirectory(path).read_done() == record
     # The kept variables reproduce the recorded validation accuracies.
-    state = result.state._replace(**best)
-    scores = evaluate(eval_step, state, splits.val, 12, mesh)
+    scores = evaluate(eval_step, result.best_variables, splits.val, 12, mesh)
     np.testing.assert_allclose(
         scores["accuracy"], [r["val_accuracy"] for r in result.records], atol=1e-12
     )
@@ -165,7 +164,7 @@ def test_steps_compile_once(splits):
         for batch in epoch_batches(splits.train, config.seeds, epoch, 16):
             state, _ = step(state, *batch)
         # 20 test images in batches of 12: the short batch is padded.
-        evaluate(eval_step, state, splits.test, 12, mesh)
+        evaluate(eval_step, state_variables(state), splits.test, 12, mesh)
     assert step._cache_size() == 1
     assert eval_step._cache_size() == 1
     assert np.asarray(state.step).tolist() == [8, 8]

@@ -20,6 +20,7 @@ from symjax.training.train import (
     fit,
     make_eval_step,
     make_train_step,
+    state_variables,
 )
 from symjax.training.zoo import list_zoo, load_zoo_member, member_dir, train_zoo
 
@@ -45,5 +46,6 @@ __all__ = [
     "member_dir",
     "pad_seeds",
     "seed_mesh",
+    "state_variables",
     "train_zoo",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,16 @@ from symjax.nn.conv import CONV_IMPLS
 from symjax.training.recipes import get_recipe
 
 _BOOKKEEPING = ("eval_batch_size", "log_every")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+
+
+def _flat_text(value) -> str:
+    """A compact, path-safe rendering of a configuration value."""
+    if isinstance(value, Mapping):
+        return "-".join(f"{k}={_flat_text(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return "-".join(_flat_text(v) for v in value)
+    return str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,11 @@ class TrainConfig:
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}.")
         if any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be non-negative, got {self.seeds}.")
+        if self.name is not None and (not self.name or _UNSAFE.search(self.name)):
+            raise ValueError(
+                f"name must be non-empty and use only letters, digits and ._=- "
+                f"(orbax cannot restore from other paths), got {self.name!r}."
+            )
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(
                 f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}."
@@ -93,18 +109,17 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         """``name``, or ``arch`` followed by the model configuration, e.g.
-        ``"myrtle_width16"``."""
+        ``"myrtle_width16"`` or ``"mlp_widths512-512"``.
+
+        Only letters, digits and ``._=-`` are kept: orbax (tensorstore) cannot
+        restore from paths with brackets.
+        """
         if self.name is not None:
             return self.name
         parts = [self.arch]
         for key, value in sorted(self.model.items()):
-            text = (
-                json.dumps(value, sort_keys=True)
-                if isinstance(value, Mapping)
-                else str(value)
-            )
-            parts.append(f"{key}{text}")
-        return "_".join(parts).replace(" ", "").replace("/", "-")
+            parts.append(f"{key}{_flat_text(value)}")
+        return _UNSAFE.sub("", "_".join(parts))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""

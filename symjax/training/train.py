@@ -253,20 +253,27 @@ def make_eval_step(
 
 
 def evaluate(
-    eval_step, state: TrainState, dataset: ArrayDataset, batch_size: int, mesh
+    eval_step, variables, dataset: ArrayDataset, batch_size: int, mesh
 ) -> dict[str, np.ndarray]:
     """Mean loss and accuracy of every model on ``dataset``.
 
-    The last batch is padded to ``batch_size`` with zero-weight examples, so the
-    step compiles once.
+    Args:
+      eval_step: from :func:`make_eval_step`.
+      variables: ``{"params", "batch_stats"}`` stacked ``[K, ...]``
+        (``batch_stats`` may be ``{}``), e.g. ``state_variables(state)``.
+      dataset: the examples.
+      batch_size: examples per step; the last batch is padded to it with
+        zero-weight examples, so the step compiles once.
+      mesh: the mesh of ``eval_step``.
 
     Returns:
       ``{"loss": [K], "accuracy": [K]}`` host arrays (NaN for an empty dataset).
     """
     n = len(dataset)
-    k = int(state.step.shape[0])
+    k = int(jax.tree.leaves(variables["params"])[0].shape[0])
     if n == 0:
         return {"loss": np.full(k, np.nan), "accuracy": np.full(k, np.nan)}
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
     loss_sum, correct = np.zeros(k), np.zeros(k)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -277,7 +284,7 @@ def evaluate(
         labels[: stop - start] = dataset.labels[start:stop]
         weights[: stop - start] = 1.0
         batch = parallel.put_replicated((images, labels, weights), mesh)
-        sums = parallel.to_host(eval_step(state.params, state.batch_stats, *batch))
+        sums = parallel.to_host(eval_step(params, batch_stats, *batch))
         loss_sum += sums[0]
         correct += sums[1]
     return {"loss": loss_sum / n, "accuracy": correct / n}
@@ -482,8 +489,9 @@ def _train_epoch(step_fn, state, epoch: int, *, splits, seeds, config, mesh, log
 
 def _eval_records(eval_fn, state, splits: Splits, *, epoch, step, config, mesh, n_real):
     started = time.perf_counter()
-    val = evaluate(eval_fn, state, splits.val, config.eval_batch_size, mesh)
-    test = evaluate(eval_fn, state, splits.test, config.eval_batch_size, mesh)
+    variables = state_variables(state)
+    val = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, mesh)
+    test = evaluate(eval_fn, variables, splits.test, config.eval_batch_size, mesh)
     elapsed = time.perf_counter() - started
     has_val = len(splits.val) > 0
     return [
