@@ -1,0 +1,87 @@
+"""Pieces shared by the experiment scripts: resumable result files, zoo access and
+confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class RecordStore:
+    """Results as JSON lines, one record per finished job, appended as jobs finish.
+
+    A job is identified by ``key_fields`` of its record; rerunning an experiment
+    skips jobs whose key is already stored, so an interrupted run loses at most the
+    job in flight.
+    """
+
+    def __init__(self, path: Path, key_fields: Sequence[str]):
+        self.path = Path(path)
+        self.key_fields = tuple(key_fields)
+        self._keys = {self._key(r) for r in self.records()}
+
+    def _key(self, record: Mapping) -> str:
+        return json.dumps([record.get(k) for k in self.key_fields], sort_keys=True)
+
+    def has(self, key: Mapping) -> bool:
+        return self._key(key) in self._keys
+
+    def add(self, record: Mapping) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._keys.add(self._key(record))
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # A line cut short by a kill: that job reruns.
+                    continue
+        return out
+
+
+def mean_ci(values: Iterable[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and the half-width of a normal-approximation 95% confidence interval
+    (zero for a single value)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), 0.0
+    return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def zoo_members(zoo: Path) -> dict[int, Path]:
+    """Seed -> run directory of the finished members of one architecture's zoo."""
+    from symjax.training.zoo import list_zoo
+
+    members = list_zoo(zoo)
+    if len({m.parent for m in members}) > 1:
+        raise ValueError(
+            f"{zoo} holds several architectures; pass one architecture's directory "
+            f"(one of {sorted({m.parent.name for m in members})})."
+        )
+    return {int(m.name.removeprefix("seed_")): m for m in members}
+
+
+def load_member(path: Path):
+    """``(model, variables, info)`` of a finished zoo member."""
+    from symjax.training.zoo import load_zoo_member
+
+    return load_zoo_member(path)
