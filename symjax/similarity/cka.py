@@ -38,6 +38,9 @@ Definition 5.3: centre the columns, scale them to unit norm, use the max kernel
 (i) of the paper holds as defined), and in fact to the larger group permutation x
 *nonzero* diagonal, because the self-Gram ``max_k x_ik x_jk`` of a normalised
 column does not see its sign. It is not invariant to a generic orthogonal map.
+A dead (all-zero) or constant channel contributes a product 0 to the max, so that
+``K_ij >= 0`` wherever one exists: dead units change G_ReLU-CKA (as in the paper's
+code), while they leave linear and RBF CKA unchanged.
 
 Ranges (what the definitions guarantee):
 
@@ -88,8 +91,8 @@ class CKAState(NamedTuple):
 
 
 def _standardize(x: Array, kernel: str, convention: str) -> Array:
-    """Per-convention centring and normalisation of ``[n, p, c]`` features."""
-    x = F.rescale(x)
+    """Per-convention centring and normalisation; returns ``[n, p, c]``."""
+    x = F.rescale(F.channel_form(x))
     if convention == "authors":
         return F.normalize(F.center(x, "channels"), "channels")
     if kernel == "linear":
@@ -183,7 +186,7 @@ class CKA:
             whose self-HSIC vanishes (CKA undefined).
         """
         feats = F.as_channel_features(x, name, min_samples=2)
-        n, _, c = feats.values.shape
+        n, c = feats.n, feats.channels
         if self.estimator == "unbiased":
             H.check_unbiased_size(n, name)
         itemsize = feats.values.dtype.itemsize

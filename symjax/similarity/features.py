@@ -25,6 +25,7 @@ Each measure's docstring states what either convention does for it.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -45,9 +46,11 @@ class ChannelFeatures(NamedTuple):
     """Validated features of one layer.
 
     Attributes:
-      values: ``[n, p, c]`` features in channel form (a fresh array; the caller's
-        input is never written to).
-      spatial: ``(h, w)`` with ``h * w = p``; ``(1, 1)`` for a dense layer.
+      values: ``[n, d]`` or ``[n, h, w, c]`` features as given, on the device, in
+        a floating dtype (never the caller's buffer, which is never written to).
+        Jitted code takes the channel form with :func:`channel_form`, a free
+        reshape inside ``jit`` (an eager reshape would copy the array).
+      spatial: ``(h, w)``; ``(1, 1)`` for a dense layer.
     """
 
     values: Array
@@ -59,7 +62,13 @@ class ChannelFeatures(NamedTuple):
 
     @property
     def channels(self) -> int:
-        return self.values.shape[2]
+        return self.values.shape[-1]
+
+
+def channel_form(x: Array) -> Array:
+    """``[n, d]`` -> ``[n, 1, d]``, ``[n, h, w, c]`` -> ``[n, h w, c]``; ``[n, p, c]``
+    is left as it is. Meant for use inside ``jit``."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 def check_convention(convention: str) -> None:
@@ -82,7 +91,7 @@ def as_channel_features(x, name: str = "x", min_samples: int = 2) -> ChannelFeat
       min_samples: the smallest ``n`` accepted.
 
     Returns:
-      A :class:`ChannelFeatures` with ``values`` of shape ``[n, p, c]``.
+      A :class:`ChannelFeatures` (values in the input's layout).
 
     Raises:
       TypeError: complex or non-numeric input.
@@ -131,7 +140,11 @@ def as_channel_features(x, name: str = "x", min_samples: int = 2) -> ChannelFeat
     dtype = arr.dtype
     if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
         dtype = jnp.float32
-    values = jnp.asarray(arr, dtype=dtype).reshape(n, spatial[0] * spatial[1], c)
+    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float32 unless x64 is enabled
+    if isinstance(arr, np.ndarray):
+        values = jax.device_put(arr.astype(dtype, copy=False))
+    else:
+        values = arr.astype(dtype)
     return ChannelFeatures(values, spatial)
 
 
@@ -172,7 +185,9 @@ def normalize(x: Array, scope: Scope) -> Array:
     return y * (1.0 / jnp.where(norm > 0, norm, jnp.ones_like(norm)))
 
 
-def average_pool(features: ChannelFeatures, spatial: tuple[int, int]) -> Array:
+def average_pool(
+    features: ChannelFeatures, spatial: tuple[int, int]
+) -> ChannelFeatures:
     """Average-pools a map to a smaller ``spatial`` size that divides its own.
 
     Args:
@@ -180,7 +195,7 @@ def average_pool(features: ChannelFeatures, spatial: tuple[int, int]) -> Array:
       spatial: the target ``(h', w')`` with ``h % h' == 0`` and ``w % w' == 0``.
 
     Returns:
-      ``[n, h' * w', c]`` pooled features in channel form.
+      The pooled features, ``[n, h', w', c]`` (``[n, c]`` when pooled to ``1 x 1``).
     """
     (h, w), (th, tw) = features.spatial, spatial
     if h % th or w % tw:
@@ -188,9 +203,15 @@ def average_pool(features: ChannelFeatures, spatial: tuple[int, int]) -> Array:
             f"cannot average-pool a {h}x{w} map to {th}x{tw}: the sizes must divide; "
             "resize one layer's features yourself before comparing."
         )
-    n, _, c = features.values.shape
-    x = features.values.reshape(n, th, h // th, tw, w // tw, c)
-    return x.mean(axis=(2, 4)).reshape(n, th * tw, c)
+    pooled = _average_pool(features.values, th, tw, h // th, w // tw)
+    return ChannelFeatures(pooled, (th, tw))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _average_pool(x: Array, th: int, tw: int, fh: int, fw: int) -> Array:
+    n, c = x.shape[0], x.shape[-1]
+    x = x.reshape(n, th, fh, tw, fw, c).mean(axis=(2, 4))
+    return x if th * tw > 1 else x.reshape(n, c)
 
 
 def common_spatial(a: ChannelFeatures, b: ChannelFeatures) -> tuple[int, int]:

@@ -147,13 +147,14 @@ def _max_pair(a: Array, b: Array) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("block",))
 def linear_gram_channels(x: Array, block: int) -> Array:
-    """Linear Gram ``X X^T`` of channel-form features ``[n, p, c]`` -> ``[n, n]``."""
+    """Linear Gram ``X X^T`` ``[n, n]`` of features ``[n, ...]`` (all flattened)."""
     return symmetric_blocks(x.reshape(x.shape[0], -1), _linear_pair, block)
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
 def max_gram_channels(x: Array, block: int) -> Array:
-    """Max-kernel Gram of channel-form features ``[n, p, c]`` -> ``[n, n]``."""
+    """Max-kernel Gram of features ``[n, p, c]`` (or ``[n, d]``, ``[n, h, w, c]``)."""
+    x = F.channel_form(x)
     return symmetric_blocks(jnp.transpose(x, (2, 0, 1)), _max_pair, block, axis=1)
 
 
@@ -233,7 +234,7 @@ def max_gram(x, *, block_size: int | None = None) -> Array:
       docstring.
     """
     v = _prepare(x, "x", block_size, 1)
-    n, _, c = v.shape
+    n, c = v.shape[0], v.shape[-1]
     b = block_size or auto_block_size(n, c, v.dtype.itemsize)
     return max_gram_channels(v, b)
 

@@ -91,51 +91,98 @@ GROUPS = ("grelu", "orthogonal")
 class ProcrustesState(NamedTuple):
     """One representation prepared for Procrustes (see :meth:`Procrustes.prepare`).
 
+    The normalised channel matrix ``A = X diag(scale)`` ``[n h w, c]`` is never
+    materialised: ``A^T B`` is computed from ``values`` and scaled on the host.
+
     Attributes:
-      features: the validated raw features (kept for pooling to a smaller map).
-      normalized: ``[n p, c]`` normalised channel matrix at the layer's own size
-        (each column one channel over samples and positions).
-      squared_norm: ``|normalized|_F^2`` (the number of live channels for G_ReLU,
-        1 for orthogonal; 0 if nothing is live).
+      features: the validated features (kept for pooling to a smaller map).
+      values: ``[n, ...]`` what enters the products: ``features.values`` itself,
+        or a copy that is centred, or scaled by a power of two when its range could
+        overflow a product.
+      scale: ``[c]`` column factors, 0 for a dead channel: ``A = X diag(scale)``.
+      live: ``[c]`` booleans, the channels with ``scale > 0``.
+      squared_norm: ``|A|_F^2``, the number of live channels (G_ReLU) or 1
+        (orthogonal); 0 when nothing is live.
     """
 
     features: F.ChannelFeatures
-    normalized: Array
+    values: Array
+    scale: np.ndarray
+    live: np.ndarray
     squared_norm: float
 
 
-@functools.partial(jax.jit, static_argnames=("center", "scope"))
-def _normalize(x: Array, *, center: bool, scope: str) -> tuple[Array, Array]:
-    if center:  # (normalize guards its own range; centring needs the rescale)
-        x = F.center(F.rescale(x), "channels")
-    x = F.normalize(x, scope)
-    return x.reshape(-1, x.shape[2]), jnp.sum(jnp.square(x))
-
-
-@jax.jit
-def _cross(a: Array, b: Array) -> Array:
-    """``A^T B`` ``[c, c']`` of channel matrices ``a`` ``[m, c]``, ``b`` ``[m, c']``."""
-    return jnp.dot(a.T, b, precision=HIGHEST)
-
+# Products of entries stay far from overflow and underflow while the largest
+# entry is within 2^+-_SAFE_EXPONENT; beyond, a rescaled copy is used.
+_SAFE_EXPONENT = 30
 
 # Below this fraction of (|A|^2 + |B|^2) / 2 the squared distance is evaluated
 # directly as |A - B P|^2 or |A - B Q|^2 rather than from A^T B.
 _DIRECT_BELOW = 0.1
 
 
-@jax.jit
-def _permutation_residual(a: Array, b: Array, perm: Array) -> Array:
-    return jnp.sum(jnp.square(a - b[:, perm]))
+@functools.partial(jax.jit, static_argnames=("scope",))
+def _column_scales(x: Array, *, scope: str) -> tuple[Array, Array]:
+    """``(scale [c], peak)``: ``x * scale`` has unit-norm columns (``"channels"``)
+    or unit Frobenius norm (``"all"``), dead columns get 0; two reductions, no copy.
+    """
+    x = F.channel_form(x)
+    axes = (0, 1) if scope == "channels" else (0, 1, 2)
+    peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    ok = peak >= jnp.finfo(x.dtype).tiny
+    inv_peak = jnp.where(ok, 1.0 / jnp.where(ok, peak, 1.0), 0.0)
+    y = x * inv_peak  # fused into the reduction below, never stored
+    sq = jnp.sum(jnp.square(y), axis=axes, keepdims=True)
+    scale = inv_peak * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    scale = jnp.broadcast_to(scale, (1, 1, x.shape[2])).reshape(-1)
+    return scale, jnp.max(peak)
+
+
+@functools.partial(jax.jit, static_argnames=("center",))
+def _conditioned(x: Array, exponent: Array, *, center: bool) -> Array:
+    """``x * 2^-exponent``, centred per channel if asked; ``[n, p, c]``."""
+    x = jnp.ldexp(F.channel_form(x), -exponent)
+    return F.center(x, "channels") if center else x
 
 
 @jax.jit
-def _rotation_residual(a: Array, b: Array, Q: Array) -> Array:
-    return jnp.sum(jnp.square(a - jnp.dot(b, Q, precision=HIGHEST)))
+def _cross(a: Array, b: Array) -> Array:
+    """``X^T Y`` ``[c, c']`` of features ``a`` ``[n, ..., c]`` and ``b``."""
+    a = a.reshape(-1, a.shape[-1])
+    b = b.reshape(-1, b.shape[-1])
+    return jnp.dot(a.T, b, precision=HIGHEST)
 
 
-def _pad_columns(a: Array, d: int) -> Array:
-    """Appends zero (dead) channels to a channel matrix ``a`` ``[m, c]``."""
-    return a if a.shape[1] >= d else jnp.pad(a, ((0, 0), (0, d - a.shape[1])))
+@jax.jit
+def _scaled_columns(x: Array, scale: Array, idx: Array) -> Array:
+    """``x[:, idx] * scale[idx]`` on the channel matrix of ``x`` ``[n, ..., c]``."""
+    x = x.reshape(-1, x.shape[-1])
+    return x[:, idx] * scale[idx][None, :]
+
+
+@jax.jit
+def _squared_difference(a: Array, b: Array) -> Array:
+    return jnp.sum(jnp.square(a - b))
+
+
+def _permutation_residual(a, b, sa, sb, rows, cols) -> float:
+    """``sum_k |a_{rows_k} sa - b_{cols_k} sb|^2`` over matched channel pairs.
+
+    The two scaled sides are formed by separate calls, so that no fused
+    multiply-add rounds them differently: identical inputs give exactly 0.
+    """
+    A = _scaled_columns(a, sa, jnp.asarray(rows))
+    B = _scaled_columns(b, sb, jnp.asarray(cols))
+    return float(_squared_difference(A, B))
+
+
+@jax.jit
+def _rotation_residual(a, b, sa, sb, Q) -> Array:
+    """``|A - B Q|^2`` with ``A = a diag(sa)`` zero-padded to ``Q``'s width."""
+    a = a.reshape(-1, a.shape[-1]) * sa[None, :]
+    BQ = jnp.dot(b.reshape(-1, b.shape[-1]) * sb[None, :], Q, precision=HIGHEST)
+    ca = a.shape[1]
+    return jnp.sum(jnp.square(a - BQ[:, :ca])) + jnp.sum(jnp.square(BQ[:, ca:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,53 +226,63 @@ class Procrustes:
             return self.center
         return self.group == "orthogonal" and self.convention == "standard"
 
-    def _normalized(self, values: Array) -> tuple[Array, float]:
+    def _state(self, feats: F.ChannelFeatures) -> ProcrustesState:
         scope = "channels" if self.group == "grelu" else "all"
-        Z, sq = _normalize(values, center=self.centers, scope=scope)
-        return Z, float(sq)
+        values = feats.values
+        scale, peak = _column_scales(values, scope=scope)
+        exponent = int(np.frexp(float(peak))[1]) if float(peak) > 0 else 0
+        if self.centers or abs(exponent) > _SAFE_EXPONENT:
+            values = _conditioned(values, exponent, center=self.centers)
+            scale, _ = _column_scales(values, scope=scope)
+        scale = np.asarray(scale, dtype=np.float64)
+        live = scale > 0
+        sq = float(live.sum()) if self.group == "grelu" else float(live.any())
+        return ProcrustesState(feats, values, scale, live, sq)
 
     def prepare(self, x, name: str = "x") -> ProcrustesState:
-        """Validates and normalises one representation (once per layer).
+        """Validates one representation and finds its normalisation (once per layer).
 
         Args:
           x: ``[n, d]`` or ``[n, h, w, c]`` features (not modified).
           name: the argument's name, for error messages.
         """
-        feats = F.as_channel_features(x, name, min_samples=1)
-        return ProcrustesState(feats, *self._normalized(feats.values))
+        return self._state(F.as_channel_features(x, name, min_samples=1))
 
     def _matched(self, a: ProcrustesState, b: ProcrustesState):
-        """Both at a common size and width.
-
-        Returns:
-          ``(A [m, d], B [m, d], d, |A|^2 + |B|^2)``.
-        """
+        """Both states at a common spatial size (pooling the larger)."""
         if a.features.n != b.features.n:
             raise ValueError(
                 f"the representations describe {a.features.n} and {b.features.n} "
                 "samples; Procrustes needs the same inputs in the same order."
             )
         hw = F.common_spatial(a.features, b.features)
-        mats = []
-        for s in (a, b):
-            if s.features.spatial == hw:
-                mats.append((s.normalized, s.squared_norm))
-            else:
-                mats.append(self._normalized(F.average_pool(s.features, hw)))
-        if not all(sq > 0 for _, sq in mats):
+        a, b = (
+            s
+            if s.features.spatial == hw
+            else self._state(F.average_pool(s.features, hw))
+            for s in (a, b)
+        )
+        if not (a.squared_norm > 0 and b.squared_norm > 0):
             raise ValueError(
                 "a representation has no live unit after normalisation (all zero: "
                 "every unit dead or constant), so Procrustes is undefined."
             )
-        d = max(m.shape[1] for m, _ in mats)
-        dtype = jnp.result_type(*(m for m, _ in mats))
-        (A, sa), (B, sb) = ((_pad_columns(m, d).astype(dtype), sq) for m, sq in mats)
-        return A, B, d, sa + sb
+        return a, b
 
     def distance_and_width(self, a: ProcrustesState, b: ProcrustesState):
         """``(delta, d)``: the Procrustes distance and the common width."""
-        A, B, d, norms = self._matched(a, b)
-        M = np.asarray(_cross(A, B), dtype=np.float64)
+        a, b = self._matched(a, b)
+        dtype = jnp.result_type(a.values.dtype, b.values.dtype)
+        va, vb = a.values.astype(dtype), b.values.astype(dtype)
+        ca, cb = a.scale.size, b.scale.size
+        d = max(ca, cb)
+        norms = a.squared_norm + b.squared_norm
+
+        # A^T B [d, d] (zero rows and columns for the padding), in float64.
+        M = np.zeros((d, d))
+        M[:ca, :cb] = np.asarray(_cross(va, vb), np.float64) * np.outer(
+            a.scale, b.scale
+        )
 
         # The optimal group element, and |A - B g|^2 from A^T B alone.
         if self.group == "grelu":
@@ -236,12 +293,17 @@ class Procrustes:
 
         # Nearly aligned: that difference has lost digits; evaluate |A - B g| itself.
         if r < _DIRECT_BELOW * norms / 2:
+            sa, sb = (jnp.asarray(s.scale, dtype) for s in (a, b))
             if self.group == "grelu":
-                r = float(_permutation_residual(A, B, jnp.asarray(cols)))
+                real = (rows < ca) & (cols < cb)
+                # a live column matched with a padded (zero) one adds its norm, 1
+                r = float(a.live[rows[~real & (rows < ca)]].sum())
+                r += float(b.live[cols[~real & (cols < cb)]].sum())
+                r += _permutation_residual(va, vb, sa, sb, rows[real], cols[real])
             else:
                 U, _, Vt = np.linalg.svd(M.T)  # B^T A = U S V^T, Q = U V^T
-                Q = jnp.asarray(U @ Vt, dtype=A.dtype)
-                r = float(_rotation_residual(A, B, Q))
+                Q = jnp.asarray((U @ Vt)[:cb], dtype)
+                r = float(_rotation_residual(va, vb, sa, sb, Q))
         return math.sqrt(max(r, 0.0)), d
 
     def distance(self, a: ProcrustesState, b: ProcrustesState) -> float:
