@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -333,6 +333,57 @@ def _train_programs(
     init_opt = jax.jit(jax.vmap(tx.init))
     evaluate = jax.jit(jax.vmap(stitch_layer.evaluate, in_axes=(0, 0, None)))
     return train_step, init_opt, evaluate
+
+
+class StitchStep(NamedTuple):
+    """The jitted functions that train one stitching layer for stacked pairs.
+
+    Attributes:
+      train_step: ``(va, vb, params, state, opt_state, images, labels, key,
+        epsilon) -> (params, state, opt_state, loss)``, everything with a leading
+        pair axis except the uint8 ``images`` ``[B, H, W, C]``, ``labels`` ``[B]``,
+        the PRNG ``key`` and the scalar ``epsilon``.
+      init_optimizer: ``params -> opt_state``.
+      evaluate: ``(params, state, epsilon) -> (hard maps, diagnostics)``.
+    """
+
+    train_step: Callable
+    init_optimizer: Callable
+    evaluate: Callable
+
+
+def make_stitch_step(
+    model_a,
+    model_b,
+    layer: str,
+    config: StitchConfig,
+    *,
+    stitch_layer: stitch_layers.StitchingLayer | None = None,
+    preprocess: Preprocess | None = None,
+) -> StitchStep:
+    """The compiled-once step of :func:`stitch_pairs`, for benchmarks and custom
+    loops.
+
+    Args:
+      model_a, model_b: front and back architectures.
+      layer: the activation layer.
+      config: optimiser, learning rate, augmentation and convolution settings.
+      stitch_layer: the layer to train (default ``config.layer()``).
+      preprocess: uint8 batch -> model inputs (default CIFAR-10 normalisation).
+    """
+    return StitchStep(
+        *_train_programs(
+            model_a,
+            model_b,
+            layer,
+            config.layer() if stitch_layer is None else stitch_layer,
+            config.optimizer,
+            config.learning_rate,
+            config.augment,
+            sdata.normalize if preprocess is None else preprocess,
+            config.conv_impl,
+        )
+    )
 
 
 @functools.lru_cache(maxsize=128)

@@ -664,6 +664,9 @@ def fit(
                 "test_accuracy": chosen["test_accuracy"],
                 "final_val_accuracy": last["val_accuracy"],
                 "final_test_accuracy": last["test_accuracy"],
+                "train_images": len(splits.train),
+                "val_images": len(splits.val),
+                "test_images": len(splits.test),
             }
         )
         if runs is not None and parallel.is_primary():
