@@ -1,15 +1,35 @@
-"""Pieces shared by the experiment scripts: resumable result files, zoo access and
-confidence intervals."""
+"""Pieces shared by the experiment scripts: process set-up, resumable result files,
+zoo access and confidence intervals."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from symjax.compilation import enable_compilation_cache
+
+
+def start() -> None:
+    """Logging at INFO with timestamps, and the persistent compilation cache.
+
+    Importing orbax installs a root handler at WARNING, which would make a plain
+    ``basicConfig`` a no-op, so the handler is replaced; orbax's per-save INFO
+    lines (through absl) are kept out. Safe to call more than once.
+    """
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    enable_compilation_cache()
 
 
 class RecordStore:

@@ -34,6 +34,8 @@ import shutil
 import time
 from pathlib import Path
 
+from experiments import common
+
 log = logging.getLogger("reproduce")
 
 
@@ -407,11 +409,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # orbax reports every checkpoint save through absl at INFO.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    common.start()
     if args.distributed:
         import jax
 
@@ -448,12 +446,23 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _cell(value) -> str:
+    """A table cell: numbers with four decimals, everything else as it is."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if str(value).lstrip("-").isdigit() or not math.isfinite(number):
+        return str(value)
+    return f"{number:.4f}"
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "_(no results)_\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -471,15 +480,97 @@ def _zoo_table(zoo: Path) -> list[dict]:
     return rows
 
 
-def _finite(rows: list[dict], columns: list[str]) -> bool:
-    for r in rows:
-        for c in columns:
-            try:
-                if not math.isfinite(float(r[c])):
-                    return False
-            except (KeyError, TypeError, ValueError):
-                return False
-    return True
+def _mean(values) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def stitching_findings(rows: list[dict]) -> list[str]:
+    """Where the G_ReLU layer falls between the full and the rank-1 layer."""
+    lines = []
+    for group in sorted({r["group"] for r in rows}):
+        pen: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r["group"] == group:
+                pen.setdefault(r["method"], {})[r["layer"]] = float(r["penalty_pp"])
+        means = ", ".join(
+            f"{m} {_mean(list(v.values())):.2f}" for m, v in sorted(pen.items())
+        )
+        line = f"{group}: mean penalty over layers (pp): {means}."
+        if "g_relu" in pen and "low_rank:1" in pen:
+            layers = sorted(set(pen["g_relu"]) & set(pen["low_rank:1"]))
+            below = sum(pen["g_relu"][k] <= pen["low_rank:1"][k] for k in layers)
+            line += f" G_ReLU <= rank 1 at {below} of {len(layers)} layers."
+        lines.append(line)
+    return lines
+
+
+def similarity_findings(rows: list[dict]) -> list[str]:
+    """Mean matching-layer similarity per architecture and measure."""
+    lines = []
+    for arch in sorted({r["arch"] for r in rows}):
+        by: dict[str, list[float]] = {}
+        for r in rows:
+            if r["arch"] == arch:
+                by.setdefault(r["measure"], []).append(float(r["mean"]))
+        lines.append(
+            f"{arch}: mean over matching layers: "
+            + ", ".join(f"{m} {_mean(v):.3f}" for m, v in sorted(by.items()))
+            + "."
+        )
+    return lines
+
+
+def rotation_findings(rows: list[dict]) -> list[str]:
+    """At how many layers the group penalty is below the orthogonal one."""
+    lines = []
+    for act in sorted({r["activation"] for r in rows}):
+        pen: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r["activation"] == act:
+                pen.setdefault(r["kind"], {})[r["layer"]] = 100 * float(r["penalty"])
+        if {"group", "orthogonal"} <= set(pen):
+            layers = sorted(set(pen["group"]) & set(pen["orthogonal"]))
+            below = sum(pen["group"][k] < pen["orthogonal"][k] for k in layers)
+            lines.append(
+                f"{act}: group penalty below the orthogonal one at {below} of "
+                f"{len(layers)} layers; mean penalty "
+                f"{_mean(list(pen['group'].values())):.2f} pp (group) vs "
+                f"{_mean(list(pen['orthogonal'].values())):.2f} pp (orthogonal)."
+            )
+    return lines
+
+
+def dissection_findings(rows: list[dict]) -> list[str]:
+    """Interpretable units in the own basis against the fully rotated one."""
+    lines = []
+    metric = next((c for c in (rows[0] if rows else {}) if c.startswith("interp")), "")
+    for r0 in rows:
+        if float(r0["alpha"]) != 0.0:
+            continue
+        r1 = next(
+            (
+                r
+                for r in rows
+                if (r["model"], r["layer"]) == (r0["model"], r0["layer"])
+                and float(r["alpha"]) == 1.0
+            ),
+            None,
+        )
+        if r1 is None:
+            continue
+        lines.append(
+            f"{r0['model']} {r0['layer']} ({r0['num_units']} units): {metric} "
+            f"{float(r0[metric]):.1f} at alpha 0 -> {float(r1[metric]):.1f} at "
+            f"alpha 1; mean best IoU {float(r0['mean_best_iou']):.4f} -> "
+            f"{float(r1['mean_best_iou']):.4f}."
+        )
+    return lines
+
+
+def _findings(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    return "**Summary of ours:**\n\n" + "".join(f"- {x}\n" for x in lines)
 
 
 FIGURES = {
@@ -552,18 +643,24 @@ def write_report(
         "split) per layer and class, mean with a 95% interval over pairs.\n"
     )
     s.append(_table(stitching, cols(stitching)))
+    s.append(_findings(stitching_findings(stitching)))
 
     s.append("\n## Similarity (Section 5, Table 2, Figures 2 and 5)\n")
     s.append(
-        "**Paper:** G_ReLU-Procrustes similarity of matching layers of two "
-        "Myrtle CNNs is lower than orthogonal Procrustes similarity (the "
-        "orthogonal group is larger), and G_ReLU-CKA heat maps across layers "
-        "show a sharper diagonal than CKA.\n"
+        "**Paper:** Table 2 compares G_ReLU-Procrustes with orthogonal "
+        "Procrustes similarity of matching layers of Myrtle CNNs trained from "
+        "different seeds; Figures 2 and 5 show G_ReLU-CKA and CKA over all "
+        "layer pairs of two ResNet20s and two Myrtle CNNs. The G_ReLU measures "
+        "are invariant only to the smaller group, so features that agree only "
+        "up to a rotation score lower under them. The two Procrustes measures "
+        "normalise differently (per channel and per matrix), so their values "
+        "are not ordered by construction; compare which layers match best.\n"
     )
     s.append(
         "**Ours** (Table 2: matching layers, mean and standard deviation over pairs):\n"
     )
     s.append(_table(table2, cols(table2)))
+    s.append(_findings(similarity_findings(table2)))
 
     s.append("\n## Rotation penalty (Section 3.3, Figure 4)\n")
     s.append(
@@ -576,6 +673,7 @@ def write_report(
         "fine-tuning, on the test split):\n"
     )
     s.append(_table(rotation, cols(rotation)))
+    s.append(_findings(rotation_findings(rotation)))
 
     s.append("\n## Network dissection of rotated bases (Section 6, Figure 3)\n")
     s.append(
@@ -586,6 +684,7 @@ def write_report(
     )
     s.append("**Ours** (mean over random rotations):\n")
     s.append(_table(dissection, cols(dissection)))
+    s.append(_findings(dissection_findings(dissection)))
 
     s.append("\n## Figures\n")
     for f in figures:

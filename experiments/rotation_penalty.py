@@ -345,7 +345,7 @@ def plot(summaries: list[Summary], path: Path) -> Path:
 
 def main(argv=None) -> list[Summary]:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    common.start()
     started = time.perf_counter()
     records = run(args)
     summaries = summarize(records)

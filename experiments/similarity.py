@@ -164,7 +164,8 @@ def plot_heatmaps(records, out: Path) -> list[Path]:
             im = ax.imshow(
                 stack.mean(0), vmin=0, vmax=1, cmap="viridis", origin="lower"
             )
-            ax.set_title(f"{LABELS[measure]} ({len(stack)} pairs)")
+            n = len(stack)
+            ax.set_title(f"{LABELS[measure]} ({n} pair{'s' if n > 1 else ''})")
             ticks = range(len(layers))
             short = [
                 name.replace("stage", "s").replace(".block", "b") for name in layers
@@ -185,6 +186,7 @@ def plot_heatmaps(records, out: Path) -> list[Path]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    common.start()
     args.out.mkdir(parents=True, exist_ok=True)
     store = common.RecordStore(
         args.out / "similarity.jsonl", key_fields=("arch", "seeds", "measure")
@@ -204,5 +206,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     main()

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments import common
 from symjax.nn.conv import CONV_IMPLS
 from symjax.training import RECIPES, TrainConfig
 
@@ -106,9 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Runs the command line ``argv``; returns the seeds' ``done.json`` records."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    common.start()
 
     import jax
 
