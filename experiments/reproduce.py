@@ -17,8 +17,8 @@ report folder (default ``reports/<preset>``) receives:
   ``figures/`` with one PNG per paper figure.
 
 Presets: ``smoke`` (CI: checks the pipeline, no claims), ``quick`` (about 15
-minutes on 2 CPU cores), ``cpu`` (a few hours on a CPU: the paper's qualitative
-findings should show), ``paper`` (the paper's settings, for GPU/TPU hosts).
+minutes on 2 CPU cores), ``cpu`` (about an hour on 2 CPU cores: wider models,
+more data and epochs), ``paper`` (the paper's settings, for GPU/TPU hosts).
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ class Preset:
       epochs: zoo training epochs.
       recipe: training recipe of the zoo (``symjax.training.recipes``).
       pairs: model pairs for stitching and similarity.
-      stitch_epochs: stitching-layer training epochs.
+      stitch_epochs: stitching-layer training epochs (G_ReLU: the relaxed stage).
+      stitch_finetune: G_ReLU epochs that train ``D`` with ``P`` rounded.
+      stitch_train_size: training images of the stitching layers (None: the
+        zoo's training split).
       stitch_methods: stitching classes.
       similarity_images: test images on which layers are compared.
       rotation_width, rotation_epochs, rotation_trials, rotation_finetune: the
@@ -71,6 +74,8 @@ class Preset:
     recipe: str
     pairs: int
     stitch_epochs: int
+    stitch_finetune: int
+    stitch_train_size: int | None
     stitch_methods: tuple[str, ...]
     similarity_images: int
     rotation_width: int
@@ -100,6 +105,8 @@ PRESETS = {
         recipe="cpu",
         pairs=1,
         stitch_epochs=1,
+        stitch_finetune=1,
+        stitch_train_size=None,
         stitch_methods=("full", "g_relu", "low_rank:1"),
         similarity_images=100,
         rotation_width=4,
@@ -115,52 +122,55 @@ PRESETS = {
     ),
     "quick": Preset(
         myrtle_width=8,
-        resnet_width=0.5,
+        resnet_width=0.25,
         seeds=3,
-        train_size=5000,
+        train_size=4000,
         val_size=1000,
-        test_size=None,
-        epochs=4,
+        test_size=2000,
+        epochs=3,
         recipe="cpu",
         pairs=3,
-        stitch_epochs=2,
-        stitch_methods=METHODS,
+        stitch_epochs=1,
+        stitch_finetune=1,
+        stitch_train_size=2000,
+        stitch_methods=("identity", "full", "g_relu", "low_rank:1"),
         similarity_images=500,
         rotation_width=8,
-        rotation_epochs=4,
+        rotation_epochs=3,
         rotation_trials=2,
         rotation_finetune=1,
-        dissection_width=0.5,
-        dissection_convnext_width=16,
-        dissection_epochs=3,
-        dissection_train_size=5000,
-        dissection_images=300,
+        dissection_width=0.25,
+        dissection_convnext_width=8,
+        dissection_epochs=2,
+        dissection_train_size=3000,
+        dissection_images=200,
         dissection_rotations=2,
     ),
     "cpu": Preset(
         myrtle_width=16,
-        resnet_width=1.0,
-        seeds=4,
-        train_size=20000,
-        val_size=5000,
+        resnet_width=0.5,
+        seeds=3,
+        train_size=8000,
+        val_size=1000,
         test_size=None,
-        epochs=12,
+        epochs=6,
         recipe="cpu",
-        pairs=4,
-        stitch_epochs=4,
-        stitch_methods=METHODS,
+        pairs=3,
+        stitch_epochs=2,
+        stitch_finetune=1,
+        stitch_train_size=4000,
+        stitch_methods=("identity", "full", "g_relu", "low_rank:1"),
         similarity_images=1000,
         rotation_width=16,
-        rotation_epochs=12,
+        rotation_epochs=6,
         rotation_trials=3,
-        rotation_finetune=3,
-        dissection_width=1.0,
-        dissection_convnext_width=32,
-        dissection_epochs=10,
-        dissection_train_size=20000,
-        dissection_images=1000,
+        rotation_finetune=2,
+        dissection_width=0.5,
+        dissection_convnext_width=16,
+        dissection_epochs=5,
+        dissection_train_size=8000,
+        dissection_images=500,
         dissection_rotations=3,
-        slopes=(0.5,),
     ),
     "paper": Preset(
         myrtle_width=64,
@@ -173,6 +183,8 @@ PRESETS = {
         recipe="paper",
         pairs=32,
         stitch_epochs=20,
+        stitch_finetune=3,
+        stitch_train_size=None,
         stitch_methods=METHODS,
         similarity_images=2000,
         rotation_width=64,
@@ -303,6 +315,9 @@ def plan(preset: Preset, out: Path, zoo: Path, data: list[str]) -> list[tuple]:
                 str(p.pairs),
                 "--epochs",
                 str(p.stitch_epochs),
+                "--finetune-epochs",
+                str(p.stitch_finetune),
+                *_opt("--train-size", p.stitch_train_size),
                 *data,
             ],
         ),

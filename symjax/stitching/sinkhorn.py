@@ -23,6 +23,7 @@ vmapped code).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -116,6 +117,18 @@ def _assignment(S: np.ndarray) -> np.ndarray:
     return perm.astype(np.int32)
 
 
+def _assignments(S, n: int) -> np.ndarray:
+    """``[..., n, n]`` -> ``[..., n]`` on the host.
+
+    The callback may receive a ``jax.Array``; it is copied to numpy first, since
+    slicing it would dispatch new computations from the callback thread while
+    the calling computation holds the CPU's threads (a deadlock).
+    """
+    S = np.asarray(S)
+    perms = [_assignment(m) for m in S.reshape(-1, n, n)]
+    return np.stack(perms).reshape(S.shape[:-1])
+
+
 def round_to_permutation(S: Array) -> Array:
     """The permutation matrix nearest to ``S`` (Hungarian algorithm).
 
@@ -137,9 +150,7 @@ def round_to_permutation(S: Array) -> Array:
     n = S.shape[-1]
     out = jax.ShapeDtypeStruct(S.shape[:-2] + (n,), jnp.int32)
     return jax.pure_callback(
-        lambda s: np.stack([_assignment(m) for m in s.reshape(-1, n, n)]).reshape(
-            s.shape[:-1]
-        ),
+        functools.partial(_assignments, n=n),
         out,
         S,
         vmap_method="expand_dims",
