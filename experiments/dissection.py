@@ -421,9 +421,10 @@ def plot_figure3(records: list[dict], path: Path, threshold: float) -> Path:
                 a, mean, half = alpha_curve(mine, field)
                 ax = axes[i, j]
                 ax.plot(a, mean * scale, "o-", color=colors[m], label=label)
+                # Counts and IoUs are non-negative: the band is cut at 0.
                 ax.fill_between(
                     a,
-                    (mean - half) * scale,
+                    np.maximum(mean - half, 0.0) * scale,
                     (mean + half) * scale,
                     color=colors[m],
                     alpha=0.18,

@@ -632,7 +632,8 @@ def write_report(
         + ".\n"
     )
     s.append(
-        "Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + ".\n"
+        "Step times of this invocation (s; a step whose results were found "
+        "takes about 0): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + ".\n"
         if timings
         else ""
     )
