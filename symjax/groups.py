@@ -312,6 +312,8 @@ class IntertwinerGroup:
                 return "general_linear", "A"
             if self.param == -1:
                 return "nonzero_monomial", "abs"
+        if self.activation == "power" and self.param == 1:
+            return "general_linear", "A"
         return _KIND[self.activation]
 
     def sigma(self, x: Array) -> Array:
@@ -353,6 +355,11 @@ class IntertwinerGroup:
     def contains(self, element: Element | Array, atol: float = 1e-6) -> bool:
         """Whether ``element`` (structured, or a dense matrix) lies in the group.
 
+        Entries of a dense matrix below ``atol`` count as zero. A ``GL_n`` member
+        must be invertible to working precision: its smallest singular value must
+        exceed ``atol`` times its largest (a determinant test would reject
+        ``0.5 I_n`` for large ``n`` and accept nearly singular matrices).
+
         Runs on the host; not for use under ``jit``.
         """
         if isinstance(element, Dense):
@@ -360,16 +367,17 @@ class IntertwinerGroup:
         if not isinstance(element, Monomial):
             A = np.asarray(element)
             if self.kind == "general_linear":
-                return bool(abs(np.linalg.det(A)) > atol)
+                return _well_conditioned(A, atol)
             element = Monomial.from_matrix(A, atol)
             if element is None:
                 return False
         perm, scale = np.asarray(element.perm), np.asarray(element.scale)
         if sorted(perm.tolist()) != list(range(len(perm))):
             return False
+        magnitude = np.abs(scale)
         return bool(
             {
-                "general_linear": np.all(np.abs(scale) > atol),
+                "general_linear": magnitude.min() > atol * magnitude.max(),
                 "permutation": np.allclose(scale, 1.0, atol=atol),
                 "positive_monomial": np.all(scale > atol),
                 "signed_permutation": np.allclose(np.abs(scale), 1.0, atol=atol),
@@ -381,6 +389,15 @@ class IntertwinerGroup:
 ACTIVATIONS = tuple(_ACTIVATIONS)
 
 
+def _well_conditioned(A: np.ndarray, rtol: float) -> bool:
+    """Whether ``A`` is invertible to working precision: the ratio of its smallest
+    to its largest singular value exceeds ``rtol`` (a scale-free test, unlike
+    ``|det A|``, which shrinks geometrically with ``n`` for well-conditioned
+    matrices)."""
+    s = np.linalg.svd(np.asarray(A, np.float64), compute_uv=False)
+    return bool(s.size and s[-1] > rtol * s[0])
+
+
 def activation_group(name: str, **params) -> IntertwinerGroup:
     """The intertwiner group of a named activation.
 
@@ -390,8 +407,9 @@ def activation_group(name: str, **params) -> IntertwinerGroup:
         for ``"power"`` (default 2).
 
     Note:
-      LeakyReLU with slope 1 is the identity, whose group is ``GL_n``; with slope -1
-      it is ``|x|``, whose group also contains sign flips (``phi(A) = |A|``).
+      LeakyReLU with slope 1 and the power of degree 1 are the identity, whose
+      group is ``GL_n``; LeakyReLU with slope -1 is ``|x|``, whose group also
+      contains sign flips (``phi(A) = |A|``).
       Slope 0 is ReLU. For the activations outside Table 1 (tanh, GELU, SiLU,
       softplus, ELU) the group holds the monomial elements that intertwine,
       found numerically; other elements are not ruled out.
@@ -436,8 +454,11 @@ def lemma_phi(sigma: Callable[[Array], Array], A: Array) -> Array:
     """
     A = jnp.asarray(A)
     sI = sigma(jnp.eye(A.shape[0], dtype=A.dtype))
-    if abs(float(jnp.linalg.det(sI))) < 1e-12:
-        raise ValueError("sigma(I_n) is singular, so Lemma 3.1 does not apply.")
+    if not _well_conditioned(np.asarray(sI), 1e-10):
+        raise ValueError(
+            "sigma(I_n) is singular (its singular values span more than ten "
+            "orders of magnitude), so Lemma 3.1 does not apply."
+        )
     return jnp.linalg.solve(sI.T, sigma(A).T).T
 
 

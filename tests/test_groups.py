@@ -213,3 +213,38 @@ def test_sampling_is_jittable_and_vmappable():
 
 def test_activation_names_listed():
     assert set(groups.ACTIVATIONS) >= {"identity", "relu", "tanh", "gelu", "elu"}
+
+
+@pytest.mark.parametrize("n", [6, 64])
+def test_contains_is_scale_free_for_general_linear(n):
+    """Invertibility is judged by conditioning, not by a determinant that shrinks
+    geometrically with n."""
+    g = activation_group("identity")
+    for seed in range(3):
+        A = _draw(g, seed, n)
+        assert g.contains(A) and g.contains(A.matrix())
+    assert g.contains(0.5 * np.eye(n))
+    nearly_singular = np.diag([1e6] * (n - 1) + [1e-9])
+    assert not g.contains(nearly_singular)
+    assert not g.contains(
+        Monomial(jnp.arange(n), jnp.asarray(np.diag(nearly_singular)))
+    )
+
+
+@pytest.mark.parametrize("name,params", TABLE1, ids=IDS)
+def test_lemma_phi_at_a_wide_layer(name, params):
+    """sigma(I_n) stays well conditioned at n = 64 though its determinant is tiny."""
+    g = activation_group(name, **params)
+    A = _draw(g, 4, 64)
+    np.testing.assert_allclose(
+        lemma_phi(g.sigma, A.matrix()), g.phi(A).matrix(), rtol=1e-8, atol=1e-8
+    )
+    assert intertwines(g.sigma, A, jax.random.key(5), rtol=1e-8, atol=1e-8)
+
+
+def test_power_of_degree_one_is_general_linear():
+    g = activation_group("power", degree=1)
+    assert g.kind == "general_linear"
+    A = _draw(g, 0)
+    assert isinstance(A, Dense)
+    assert intertwines(g.sigma, A, jax.random.key(1), rtol=1e-10, atol=1e-10)
