@@ -277,3 +277,8 @@ def test_bad_inputs(concepts, layer):
         dissect(layer, concepts, quantile_at="pixels")
     with pytest.raises(ValueError, match="batch_size"):
         dissect(layer, concepts, batch_size=10**6)
+    for bad in (np.nan, np.inf):
+        broken = np.array(layer, copy=True)
+        broken[3, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            dissect(broken, concepts)

@@ -14,6 +14,7 @@ from symjax.similarity import (
     max_gram,
     rbf_cka_similarity,
 )
+from symjax.similarity import hsic as H
 from symjax.similarity.cka import _center_jit, _standardize_jit
 from symjax.similarity.kernels import max_gram_channels
 
@@ -160,8 +161,13 @@ def test_bounds_on_random_and_adversarial_inputs(kernel, estimator):
     inputs = list(_adversarial(15).values()) + [relu_features(16)]
     for X in inputs:
         for Y in inputs[::2] + [X]:
-            s = measure(X, Y)
-            assert low - 1e-12 <= s <= 1.0, (s, measure)
+            # The ratio itself, before compare() clips rounding excursions.
+            a, b = measure.prepare(X), measure.prepare(Y)
+            cross = float(np.sum(np.asarray(a.centered) * np.asarray(b.centered)))
+            cross *= H.normalizer(a.n, estimator)
+            raw = cross / np.sqrt(a.self_hsic * b.self_hsic)
+            assert low - 1e-12 <= raw <= 1.0 + 1e-12, (raw, measure)
+            assert measure.compare(a, b) == pytest.approx(raw, abs=1e-12)
     assert measure(inputs[0], inputs[0]) == 1.0
 
 
@@ -281,6 +287,19 @@ def test_cka_similarity_from_grams_matches_feature_measure():
     np.testing.assert_allclose(
         linear_cka_similarity(X, Y, estimator="biased"), expect, rtol=1e-10
     )
+
+
+def test_cka_from_grams_is_scale_free():
+    """A finite Gram matrix at any scale gives the same value, never an overflow."""
+    X, Y = related_pair(30, shape_b=(7,))
+    K, L = linear_gram(X - X.mean(0)), linear_gram(Y - Y.mean(0))
+    base = cka_similarity_from_grams(K, L)
+    for scale in (1e100, 1e153, 1e-160):
+        np.testing.assert_allclose(
+            cka_similarity_from_grams(scale * K, L / scale), base, rtol=1e-10
+        )
+    K32, L32 = (1e20 * K).astype(np.float32), (1e-20 * L).astype(np.float32)
+    np.testing.assert_allclose(cka_similarity_from_grams(K32, L32), base, atol=1e-5)
 
 
 def test_different_widths_and_spatial_sizes():

@@ -52,7 +52,8 @@ def test_identical_inputs_give_exactly_one():
             assert grelu_procrustes_distance(X, X) == 0.0
             for convention in ("standard", "authors"):
                 s = orthogonal_procrustes_similarity(X, X, convention=convention)
-                assert 1.0 - 1e-6 <= s <= 1.0
+                assert s == 1.0
+                assert orthogonal_procrustes_distance(X, X.copy()) == 0.0
 
 
 @pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
@@ -175,10 +176,19 @@ def test_bounds_on_random_and_adversarial_inputs():
     inputs = _adversarial(13) + [relu_features(14)]
     for X in inputs:
         for Y in inputs:
+            # The distances themselves, before compare() clips: unit-norm columns
+            # give delta <= 2 sqrt(d); unit-norm matrices give delta_O <= sqrt(2).
             for center in (False, True):
+                delta, d = Procrustes("grelu", center=center).distance_and_width(
+                    *(Procrustes("grelu", center=center).prepare(Z) for Z in (X, Y))
+                )
+                assert 0.0 <= delta <= 2.0 * np.sqrt(d) + 1e-12
                 s = grelu_procrustes_similarity(X, Y, center=center)
-                assert 0.0 <= s <= 1.0
+                assert s == pytest.approx(1.0 - delta / (2.0 * np.sqrt(d)), abs=1e-12)
             for convention in ("standard", "authors"):
+                m = Procrustes("orthogonal", convention)
+                delta = m.distance(m.prepare(X), m.prepare(Y))
+                assert 0.0 <= delta <= np.sqrt(2.0) + 1e-12
                 s = orthogonal_procrustes_similarity(X, Y, convention=convention)
                 assert FLOOR - 1e-12 <= s <= 1.0
     # The lower extreme is reached: every column of Y opposite to every one of X.

@@ -133,6 +133,15 @@ def _download() -> Source:
 
     try:
         builder = tfds.builder("cifar10")
+        if not builder.is_prepared():
+            logger.warning(
+                "No local CIFAR-10 copy was found; downloading it with TFDS into "
+                "%s (without network access this fails after TFDS's retries, "
+                "about two minutes). To use a local copy instead: --data-dir PATH "
+                "or %s=PATH.",
+                builder.data_dir,
+                DATA_DIR_ENV,
+            )
         builder.download_and_prepare()
     except Exception as error:
         raise FileNotFoundError(

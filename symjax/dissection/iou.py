@@ -413,6 +413,10 @@ def dissect_rotations(
     Returns:
       One :class:`DissectionResult` per rotation.
 
+    Raises:
+      ValueError: empty data, bad options, rotations of the wrong shape, or
+        features with NaN or infinite values.
+
     Note:
       Two passes over the data: thresholds, then counts, so a ``features``
       function runs twice per image (store the activations and pass the array to
@@ -451,7 +455,9 @@ def dissect_rotations(
     # Pass 1: exact thresholds from the streaming top-k of every basis.
     tops: list[Array | None] = [None] * len(rotations)
     num_values = k = None
+    finite = jnp.asarray(True)
     for batch, feats in _feature_batches(features, dataset, batch_size):
+        finite = finite & jnp.isfinite(feats).all()
         maps = _as_maps(feats)
         if k is None:
             h_q, w_q = size if size is not None else maps.shape[1:3]
@@ -461,6 +467,12 @@ def dissect_rotations(
         valid = jnp.arange(batch_size) < batch.num_valid
         for r, R in enumerate(rotations):
             tops[r] = top_k_update(tops[r], maps, valid, R, k=k, size=size)
+    if not bool(finite):
+        raise ValueError(
+            "features contain NaN or infinite values, which would silently move "
+            "the thresholds (NaN sorts above every number); check the model's "
+            "weights and inputs."
+        )
     thresholds = [quantile_threshold(t, num_values, quantile) for t in tops]
     logger.info("dissection thresholds done (%d values per unit)", num_values)
 

@@ -248,6 +248,9 @@ def cka_similarity_from_grams(K, L, *, estimator: str = "unbiased") -> float:
     """
     H.check_estimator(estimator)
     K, L = H.check_grams(K, L)
+    # CKA is invariant to a positive scale of each Gram matrix; dividing by the
+    # largest entry keeps the products below from overflowing or underflowing.
+    K, L = F.rescale(K), F.rescale(L)
     n = K.shape[0]
     if estimator == "unbiased":
         H.check_unbiased_size(n, "K and L")

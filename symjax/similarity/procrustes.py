@@ -35,8 +35,9 @@ its rounding error ``e`` moves the similarity by about ``e / (4 delta)``, less t
 and can round below zero (the paper code's NaN for identical inputs), so the
 distance is evaluated directly as ``|A - B P|_F`` (or ``|A - B Q|_F`` with
 ``Q = U V^T`` from the SVD ``B^T A = U S V^T``). Identical inputs give a
-G_ReLU-Procrustes similarity of exactly 1, and an orthogonal one within a few
-rounding units of 1; never NaN.
+similarity of exactly 1 under both measures (the orthogonal one recognises them
+before the SVD, whose ``Q`` is the identity only to rounding); inputs that agree up
+to the group give 1 to rounding; never NaN.
 
 Invariances (group acting on channels, the columns): G_ReLU-Procrustes, the
 permutations times positive diagonals (``G_ReLU``), plus shifts with
@@ -290,6 +291,17 @@ class Procrustes:
             r = norms - 2.0 * M[rows, cols].sum()
         else:
             r = norms - 2.0 * np.linalg.svd(M, compute_uv=False).sum()
+
+        # Identical representations: the distance is 0 by definition. (The SVD's
+        # Q = U V^T is the identity only to rounding, which would leave a residual
+        # of a few ulps where the answer is exactly known.)
+        if (
+            self.group == "orthogonal"
+            and va.shape == vb.shape
+            and np.array_equal(a.scale, b.scale)
+            and bool(jnp.array_equal(va, vb))
+        ):
+            return 0.0, d
 
         # Nearly aligned: that difference has lost digits; evaluate |A - B g| itself.
         if r < _DIRECT_BELOW * norms / 2:
