@@ -53,8 +53,15 @@ class RecordStore:
 
     def add(self, record: Mapping) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A line cut short by a kill has no newline: start on a fresh line, so the
+        # new record is not glued onto it (and lost with it).
+        cut = False
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(("\n" if cut else "") + json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._keys.add(self._key(record))
@@ -85,6 +92,27 @@ def mean_ci(values: Iterable[float], z: float = 1.96) -> tuple[float, float]:
     if v.size == 1:
         return float(v[0]), 0.0
     return float(v.mean()), float(z * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def seed_pairs(items: Sequence, k: int) -> list[tuple]:
+    """The first ``k`` pairs of ``items`` in round-robin order.
+
+    Rounds of the circle method each pair every item at most once, so the first
+    ``len(items) // 2`` pairs are disjoint (independent models) and, beyond them,
+    every item is used about equally often, instead of the first item joining
+    every early pair as in lexicographic order. Every pair appears once when
+    ``k`` reaches ``n (n - 1) / 2``.
+    """
+    ring = list(items) + ([None] if len(items) % 2 else [])
+    n = len(ring)
+    pairs = []
+    for _ in range(n - 1):
+        for i in range(n // 2):
+            a, b = ring[i], ring[n - 1 - i]
+            if a is not None and b is not None:
+                pairs.append((a, b) if items.index(a) < items.index(b) else (b, a))
+        ring = [ring[0], ring[-1], *ring[1:-1]]
+    return pairs[:k]
 
 
 def zoo_members(zoo: Path) -> dict[int, Path]:

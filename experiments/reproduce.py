@@ -60,6 +60,8 @@ class Preset:
       rotation_width, rotation_epochs, rotation_trials, rotation_finetune: the
         rotation-penalty base model (Myrtle without BatchNorm) and its trials.
       dissection_*: models, training and rotations of the dissection.
+      rotation_activations: activations of the rotation-penalty base models
+        (the paper shows ReLU and sigmoid).
       slopes: LeakyReLU negative slopes for the ResNet20 stitching sweep
         (appendix D.3); empty to skip it.
     """
@@ -88,6 +90,7 @@ class Preset:
     dissection_train_size: int
     dissection_images: int
     dissection_rotations: int
+    rotation_activations: tuple[str, ...] = ("relu",)
     slopes: tuple[float, ...] = ()
 
 
@@ -171,6 +174,7 @@ PRESETS = {
         dissection_train_size=8000,
         dissection_images=500,
         dissection_rotations=3,
+        rotation_activations=("relu", "sigmoid"),
     ),
     "paper": Preset(
         myrtle_width=64,
@@ -197,7 +201,8 @@ PRESETS = {
         dissection_train_size=45000,
         dissection_images=2000,
         dissection_rotations=5,
-        slopes=(0.25, 0.5, 0.75, 0.9),
+        rotation_activations=("relu", "sigmoid"),
+        slopes=(0.25, 0.5, 0.75, 0.9, 0.99),
     ),
 }
 
@@ -355,6 +360,8 @@ def plan(preset: Preset, out: Path, zoo: Path, data: list[str]) -> list[tuple]:
                 str(p.rotation_trials),
                 "--finetune-epochs",
                 str(p.rotation_finetune),
+                "--activations",
+                *p.rotation_activations,
                 *sizes,
                 *data,
             ],
@@ -511,10 +518,14 @@ def stitching_findings(rows: list[dict]) -> list[str]:
             f"{m} {_mean(list(v.values())):.2f}" for m, v in sorted(pen.items())
         )
         line = f"{group}: mean penalty over layers (pp): {means}."
-        if "g_relu" in pen and "low_rank:1" in pen:
-            layers = sorted(set(pen["g_relu"]) & set(pen["low_rank:1"]))
-            below = sum(pen["g_relu"][k] <= pen["low_rank:1"][k] for k in layers)
-            line += f" G_ReLU <= rank 1 at {below} of {len(layers)} layers."
+        for low, high, words in (
+            ("full", "g_relu", "full <= G_ReLU"),
+            ("g_relu", "low_rank:1", "G_ReLU <= rank 1"),
+        ):
+            if low in pen and high in pen:
+                layers = sorted(set(pen[low]) & set(pen[high]))
+                below = sum(pen[low][k] <= pen[high][k] for k in layers)
+                line += f" {words} at {below} of {len(layers)} layers."
         lines.append(line)
     return lines
 

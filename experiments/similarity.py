@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_architecture(zoo: Path, args, test_images: np.ndarray, store) -> None:
     """Fills ``store`` with the similarity matrices of one zoo's seed pairs."""
     members = common.zoo_members(zoo)
-    pairs = list(itertools.combinations(sorted(members), 2))[: args.num_pairs]
+    pairs = common.seed_pairs(sorted(members), args.num_pairs)
     if not pairs:
         raise ValueError(f"{zoo} holds fewer than two trained seeds.")
     arch = zoo.name

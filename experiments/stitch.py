@@ -167,7 +167,7 @@ def run_group(args, store, group: str, members: list[Path], splits) -> int:
     loaded = [common.load_member(m) for m in members]
     model = loaded[0][0]
     seeds = [info["config"]["seed"] for _, _, info in loaded]
-    pairs = list(itertools.combinations(range(len(loaded)), 2))[: args.max_pairs]
+    pairs = common.seed_pairs(list(range(len(loaded))), args.max_pairs)
     layers = model.layers if not args.layers else tuple(args.layers)
     unknown = sorted(set(layers) - set(model.layers))
     if unknown:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -124,14 +125,17 @@ class FinetuneConfig:
             raise ValueError(
                 f"schedule must be one of {SCHEDULES}, got {self.schedule!r}."
             )
-        if not self.learning_rate > 0:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(
-                f"learning_rate must be positive, got {self.learning_rate!r}."
+                f"learning_rate must be positive and finite, got "
+                f"{self.learning_rate!r}."
             )
-        if self.weight_decay < 0:
-            raise ValueError(
-                f"weight_decay must be non-negative, got {self.weight_decay!r}."
-            )
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{name} must be non-negative and finite, got {value!r}."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

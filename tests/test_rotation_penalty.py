@@ -198,6 +198,14 @@ def test_rejects_bad_arguments():
         rp._Cut.build(resnet, "stage0.block0.inner")
     with pytest.raises(ValueError, match="optimizer"):
         rp.FinetuneConfig(optimizer="lbfgs")
+    for field, value in [
+        ("learning_rate", float("inf")),
+        ("learning_rate", 0.0),
+        ("weight_decay", float("nan")),
+        ("momentum", -0.5),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            rp.FinetuneConfig(**{field: value})
 
 
 # ---------------------------------------------------------------------------
