@@ -229,6 +229,17 @@ def act(spec: SymmetrySpec, variables, elements: Mapping[str, Element]):
       Transformed variables with the same structure: the network computes the
       same function, and its post-activation features at each layer ``l`` in space
       ``s`` are ``phi(A_s)`` applied to the originals (eq. 3.5).
+
+    Raises:
+      ValueError: a leaf missing from the spec, a missing or wrongly sized
+        element, or a batch of elements (vmap over the batch instead).
+
+    Note:
+      Membership is not checked here, since that needs the host and would break
+      ``jit``: an element outside its space's group (a dense matrix on a ReLU
+      layer, or an embedded space that does not carry its parent's element) gives
+      weights of a *different* function. Elements from :func:`sample` are always
+      members; validate others with :func:`check_elements` first.
     """
     flat = _flatten(variables)
     _check_paths(spec, flat)
@@ -237,6 +248,13 @@ def act(spec: SymmetrySpec, variables, elements: Mapping[str, Element]):
         if name not in elements:
             raise ValueError(f"no element given for space {name!r}.")
         A = elements[name]
+        leading = A.perm.ndim - 1 if isinstance(A, Monomial) else A.A.ndim - 2
+        if leading:
+            raise ValueError(
+                f"the element for space {name!r} is a batch (shape "
+                f"{A.perm.shape if isinstance(A, Monomial) else A.A.shape}); act "
+                "takes one element per space: jax.vmap over the batch."
+            )
         if A.size != space.size:
             raise ValueError(f"space {name!r} has size {space.size}, element {A.size}.")
         transforms[name] = {

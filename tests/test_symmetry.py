@@ -129,6 +129,16 @@ def test_incomplete_spec_is_an_error():
         symmetry.act(bad, variables, symmetry.identity(spec))
 
 
+def test_a_batch_of_elements_needs_vmap():
+    g, model, x, variables, spec = _setup("relu", {})
+    keys = jax.random.split(jax.random.key(0), 3)
+    batch = jax.vmap(lambda k: symmetry.sample(spec, k, jnp.float64))(keys)
+    with pytest.raises(ValueError, match="vmap"):
+        symmetry.act(spec, variables, batch)
+    moved = jax.vmap(lambda A: symmetry.act(spec, variables, A))(batch)
+    assert jax.tree.leaves(moved)[0].shape[0] == 3
+
+
 class ConvBN(nn.Module):
     """conv -> BN -> ReLU -> conv -> BN -> ReLU -> max pool -> dense (no conv bias)."""
 
