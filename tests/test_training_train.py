@@ -104,6 +104,17 @@ def test_killed_run_resumes_to_identical_weights(
         assert epochs == sorted(epochs)  # no record of a dropped epoch survives
 
 
+def test_relative_run_directories_work(splits, tmp_path, monkeypatch):
+    """orbax writes only to absolute paths; a relative --out must still work."""
+    monkeypatch.chdir(tmp_path)
+    config = dataclasses.replace(CONFIG, epochs=1)
+    got = fit(TinyNet(), config, splits, workdirs=["a/seed_0", "a/seed_1"])
+    assert RunDirectory("a/seed_0").epochs_saved() == [1]
+    epoch, best = RunDirectory("a/seed_1").restore_best()
+    assert epoch == got.records[1]["best_epoch"]
+    _assert_same_tree(best, jax.tree.map(lambda v: v[1], got.best_variables))
+
+
 def test_same_seeds_give_identical_metrics_and_weights(splits, uninterrupted):
     want, _ = uninterrupted
     got = fit(TinyNet(), CONFIG, splits, progress=False)

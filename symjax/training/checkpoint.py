@@ -42,7 +42,8 @@ def _manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager(directory, options=options)
+    # orbax (tensorstore) writes only to absolute paths.
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def _as_saveable(tree):
