@@ -11,7 +11,9 @@ every layer of the other on the same test images, with each measure, and writes
   pairs (the paper's Figures 2 and 5).
 
 The images come from the test split: nothing is selected on them, they are only
-measured. Usage::
+measured. ``--convention`` picks the preprocessing (``authors`` by default, the
+paper's: each channel centred and unit-normalised over samples and positions);
+records of each convention are kept apart. Usage::
 
     python -m experiments.similarity --zoo zoo/myrtle_w16 --out reports/similarity
 """
@@ -31,7 +33,7 @@ import numpy as np
 from experiments import common
 from symjax.data import load_cifar10
 from symjax.features import layer_features
-from symjax.similarity import similarity_matrix
+from symjax.similarity import get_measure, similarity_matrix
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--measures", nargs="+", default=list(MEASURES), choices=sorted(LABELS)
     )
+    p.add_argument(
+        "--convention",
+        default="authors",
+        choices=["authors", "standard"],
+        help="preprocessing of the measures (symjax.similarity): 'authors' (the "
+        "default) centres and unit-normalises each channel over samples and "
+        "positions, as the paper's figures were made; 'standard' follows "
+        "Kornblith et al. (centred flattened columns)",
+    )
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     return p.parse_args(argv)
@@ -81,12 +92,19 @@ def run_architecture(zoo: Path, args, test_images: np.ndarray, store) -> None:
         return cache[seed]
 
     for (a, b), measure in itertools.product(pairs, args.measures):
-        key = {"arch": arch, "seeds": [a, b], "measure": measure}
+        key = {
+            "arch": arch,
+            "seeds": [a, b],
+            "measure": measure,
+            "convention": args.convention,
+        }
         if store.has(key):
             continue
         start = time.perf_counter()
         fa, fb = features(a), features(b)
-        matrix = similarity_matrix(fa, fb, measure)
+        matrix = similarity_matrix(
+            fa, fb, get_measure(measure, convention=args.convention)
+        )
         store.add(
             {
                 **key,
@@ -189,14 +207,15 @@ def main(argv=None) -> dict:
     common.start()
     args.out.mkdir(parents=True, exist_ok=True)
     store = common.RecordStore(
-        args.out / "similarity.jsonl", key_fields=("arch", "seeds", "measure")
+        args.out / "similarity.jsonl",
+        key_fields=("arch", "seeds", "measure", "convention"),
     )
     splits = load_cifar10(
         args.data_dir, val_size=0, test_size=args.num_images, seed=args.seed
     )
     for zoo in args.zoo:
         run_architecture(zoo, args, splits.test.images, store)
-    records = store.records()
+    records = [r for r in store.records() if r["convention"] == args.convention]
     outputs = {
         "table2": str(write_table2(records, args.out)),
         "figures": [str(p) for p in plot_heatmaps(records, args.out)],
