@@ -174,6 +174,16 @@ def test_second_load_reads_the_cache_and_new_files_invalidate_it(tmp_path, monke
     np.testing.assert_array_equal(third.images[-1], extra)
     assert len(list(cache.glob("cifar10-test-*.npz"))) == 2
 
+    # Replacing an image keeps the count but not the content: decoded again.
+    other = np.full((32, 32, 3), 200, np.uint8)
+    path = root / "test" / "truck" / "9999.png"
+    Image.fromarray(other).save(path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    fourth = load_split(source, "test", cache_dir=cache)
+    assert len(calls) == 2 and len(fourth) == len(third)
+    np.testing.assert_array_equal(fourth.images[-1], other)
+
 
 def test_cached_load_does_not_import_tensorflow(tmp_path):
     root, cache = tmp_path / "data", tmp_path / "cache"

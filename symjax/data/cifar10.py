@@ -19,7 +19,8 @@ TensorFlow decodes the images. It is imported only when a split is decoded, with
 every GPU hidden from it, so it never claims the accelerator JAX uses. The decoded
 split is saved as an uncompressed ``.npz`` (no pickle) in ``SYMJAX_CACHE_DIR``
 (default ``~/.cache/symjax``) under a name derived from the source's absolute
-path, the split and its file count; later loads read that file instead.
+path, the split and its files' count, total size and newest modification time;
+later loads read that file instead.
 """
 
 from __future__ import annotations
@@ -206,22 +207,31 @@ def _tensorflow():
     return tf
 
 
-def _file_count(source: Source, split: str) -> int:
-    """Files behind one split: images of an image folder, or all TFDS files."""
+def _fingerprint(source: Source, split: str) -> tuple[int, int, int]:
+    """``(count, total bytes, newest mtime in ns)`` of the files behind one split:
+    images of an image folder, or all TFDS files. Replacing, adding or removing
+    an image changes it, so the cache is rebuilt."""
     if source.kind == "tfds":
-        return sum(1 for p in source.path.iterdir() if p.is_file())
-    return sum(
-        1
-        for class_dir in (source.path / split).iterdir()
-        if class_dir.is_dir()
-        for f in os.scandir(class_dir)
-        if f.name.lower().endswith(_IMAGE_SUFFIXES)
+        entries = [e for e in os.scandir(source.path) if e.is_file()]
+    else:
+        entries = [
+            f
+            for class_dir in (source.path / split).iterdir()
+            if class_dir.is_dir()
+            for f in os.scandir(class_dir)
+            if f.name.lower().endswith(_IMAGE_SUFFIXES)
+        ]
+    stats = [e.stat() for e in entries]
+    return (
+        len(stats),
+        sum(st.st_size for st in stats),
+        max((st.st_mtime_ns for st in stats), default=0),
     )
 
 
 def _cache_path(source: Source, split: str, cache_dir: Path) -> Path:
-    count = _file_count(source, split)
-    key = f"{_CACHE_FORMAT}|{source.kind}|{source.path}|{split}|{count}"
+    count, size, mtime = _fingerprint(source, split)
+    key = f"{_CACHE_FORMAT}|{source.kind}|{source.path}|{split}|{count}|{size}|{mtime}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"cifar10-{split}-{digest}.npz"
 
