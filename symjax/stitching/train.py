@@ -678,12 +678,15 @@ def stitch_pairs(
     feats = None
     if config.init == "match" and config.method != "identity":
         feats = _match_features(features, va, vb, splits.train, config, pixels)
+    # The initialisation runs on one device (its Hungarian rounding is a host
+    # callback, whose result cannot mix with arrays sharded over several devices
+    # outside jit); only its result is spread over the pair mesh.
     keys = jax.random.split(jax.random.key(config.seed), total)
     init = jax.vmap(
         lambda key, f: current.init(key, n, dtype, f),
         in_axes=(0, None if feats is None else 0),
     )
-    params, state = _shard(init(keys, feats), sharding)
+    params, state = _shard(init(keys, jax.device_get(feats)), sharding)
 
     def accuracy_of(hard, dataset) -> np.ndarray:
         count = np.zeros((total,), np.int64)
