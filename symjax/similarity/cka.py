@@ -19,12 +19,12 @@ linear CKA         centre each flattened       centre and unit-normalise each
                    column; ``K = X X^T``       channel over samples and positions;
                    (Kornblith et al., 2019).   ``K = X X^T``.
                    Invariant: orthogonal       Invariant: permutations x nonzero
-                   maps, isotropic scaling,    diagonal, shifts. *Not* orthogonal
-                   shifts.                     maps.
+                   maps, isotropic scaling,    diagonal, per-channel shifts.
+                   shifts.                     *Not* orthogonal maps.
 RBF CKA            flattened features; sigma   the same per-channel centring and
                    a multiple of the median    normalisation, then RBF.
                    distance. Invariant:        Invariant: permutations x nonzero
-                   orthogonal maps, isotropic  diagonal, shifts.
+                   orthogonal maps, isotropic  diagonal, per-channel shifts.
                    scaling, shifts.
 G_ReLU-CKA         centre and unit-normalise   centre and unit-normalise each
                    each flattened column;      channel over samples and positions;
@@ -38,6 +38,12 @@ Definition 5.3: centre the columns, scale them to unit norm, use the max kernel
 (i) of the paper holds as defined), and in fact to the larger group permutation x
 *nonzero* diagonal, because the self-Gram ``max_k x_ik x_jk`` of a normalised
 column does not see its sign. It is not invariant to a generic orthogonal map.
+
+Shifts on convolutional features ``[n, h, w, c]``: ``"standard"`` centres every
+flattened (position, channel) column, so it removes any shift ``1 v^T`` with ``v``
+over positions and channels; ``"authors"`` centres each channel over samples and
+positions, so it removes only per-channel shifts (the same at every position). A
+shift that varies over positions changes the ``"authors"`` values.
 A dead (all-zero) or constant channel contributes a product 0 to the max, so that
 ``K_ij >= 0`` wherever one exists: dead units change G_ReLU-CKA (as in the paper's
 code), while they leave linear and RBF CKA unchanged.

@@ -40,10 +40,11 @@ before the SVD, whose ``Q`` is the identity only to rounding); inputs that agree
 to the group give 1 to rounding; never NaN.
 
 Invariances (group acting on channels, the columns): G_ReLU-Procrustes, the
-permutations times positive diagonals (``G_ReLU``), plus shifts with
-``center=True``; not sign flips (a flipped column cannot be matched) and not a
-generic orthogonal map. Orthogonal Procrustes, ``O(d)`` and isotropic scaling, plus
-shifts when it centres; not per-channel scaling.
+permutations times positive diagonals (``G_ReLU``), plus per-channel shifts (the
+same at every position of a convolutional map) with ``center=True``; not sign
+flips (a flipped column cannot be matched) and not a generic orthogonal map.
+Orthogonal Procrustes, ``O(d)`` and isotropic scaling, plus per-channel shifts
+when it centres; not per-channel scaling.
 
 Rules for unequal shapes:
 
