@@ -60,6 +60,7 @@ _RESULT_SETTINGS = (
     "split_seed",
     "base_recipe",
     "base_epochs",
+    "base_lr",
     "base_seed",
     "finetune_epochs",
     "finetune_batch_size",
@@ -91,6 +92,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--base-recipe", default="cpu", choices=["cpu", "paper"])
     p.add_argument("--base-epochs", type=int, default=None)
+    p.add_argument(
+        "--base-lr",
+        type=float,
+        default=None,
+        help="learning rate of the base networks (default: the recipe's; the cpu "
+        "recipe's 0.1 is too high for a Myrtle CNN without BatchNorm)",
+    )
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--layers", nargs="+", default=None, help="default: all")
     p.add_argument(
@@ -123,9 +131,15 @@ def finetune_config(args) -> rp.FinetuneConfig:
 
 def base_config(args, activation: str) -> TrainConfig:
     """The zoo configuration of the base network for ``activation``."""
+    model = {"width": args.width, "activation": activation, "batch_norm": False}
+    name = None
+    if args.base_lr is not None:
+        name = TrainConfig(arch="myrtle", model=model).run_name + f"_lr{args.base_lr}"
     return TrainConfig(
         arch="myrtle",
-        model={"width": args.width, "activation": activation, "batch_norm": False},
+        model=model,
+        name=name,
+        learning_rate=args.base_lr,
         recipe=args.base_recipe,
         epochs=args.base_epochs,
         seeds=(args.base_seed,),

@@ -115,7 +115,16 @@ class RunDirectory:
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        text = path.read_text()
+        lines = [line for line in text.splitlines() if line]
+        if lines and not text.endswith("\n"):
+            # A last line cut short by a kill; its epoch is redone on resumption
+            # (rewind_metrics rewrites the file without it).
+            try:
+                json.loads(lines[-1])
+            except json.JSONDecodeError:
+                lines.pop()
+        return [json.loads(line) for line in lines]
 
     def rewind_metrics(self, epoch: int) -> list[dict[str, Any]]:
         """Drops the records of epochs after ``epoch`` and returns the rest."""
