@@ -70,8 +70,8 @@ def test_sigkill_and_restart_give_the_uninterrupted_weights(cifar_dir, tmp_path)
     run = RunDirectory(killed / "m" / "seed_1")
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
-        text = (run.path / "metrics.jsonl").read_text() if run.path.exists() else ""
-        if '"epoch": 2' in text:
+        metrics = run.path / "metrics.jsonl"
+        if metrics.exists() and '"epoch": 2' in metrics.read_text():
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
