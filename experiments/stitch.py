@@ -268,6 +268,21 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+METHOD_LABELS = {
+    "identity": "identity (no layer)",
+    "full": "full affine",
+    "g_relu": "G_ReLU (P D)",
+    "orthogonal": "orthogonal",
+    "sparse": "sparse (L1)",
+}
+
+
+def _method_label(method: str) -> str:
+    if method.startswith("low_rank:"):
+        return f"rank {method.split(':')[1]}"
+    return METHOD_LABELS.get(method, method)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Penalty per layer and class with confidence intervals (Figure 1)."""
     import matplotlib
@@ -277,7 +292,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     groups = sorted({r["group"] for r in rows})
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False
+        1, len(groups), figsize=(5 * len(groups) + 1.8, 3.6), squeeze=False
     )
     for ax, group in zip(axes[0], groups, strict=True):
         mine = [r for r in rows if r["group"] == group]
@@ -289,14 +304,16 @@ def plot(rows: list[dict], path: Path) -> None:
                 if r["method"] == method
             )
             x, y, e = (np.asarray(v, float) for v in zip(*pts, strict=True))
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+            ax.errorbar(
+                x, y, yerr=e, marker="o", capsize=3, label=_method_label(method)
+            )
         ax.set_xticks([i for i, _ in layers], [name for _, name in layers])
         ax.tick_params(axis="x", labelrotation=45)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_title(group)
         ax.set_xlabel("stitching layer")
         ax.set_ylabel("stitching penalty (pp)")
-    axes[0][-1].legend(fontsize="small")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
