@@ -7,16 +7,10 @@ happens in a subprocess started with
 left unsharded, and reports both.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from devices_testing import run_on_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -58,23 +52,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_pairs_on_two_devices_stitch_like_on_one():
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
-    assert out["devices"] == 2
+    out = run_on_devices(SCRIPT)
     two, one = out["two"], out["one"]
     assert len(two) == len(one) == 3  # the padding pair is dropped
     for a, b in zip(two, one, strict=True):

@@ -7,18 +7,12 @@ happens in a subprocess started with
 and reports both.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
+from devices_testing import run_on_devices
 
 from symjax.training import pad_seeds
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
@@ -48,23 +42,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_devices_train_like_one():
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
-    assert out["devices"] == 2
+    out = run_on_devices(SCRIPT)
     two, one = out["two"], out["one"]
     # Three seeds padded to four: two per device; the padding copy is dropped.
     assert two["shards"] == 2 and one["shards"] == 1
