@@ -293,3 +293,54 @@ def test_g_relu_relaxation_learns_from_a_neutral_start(mlp, digits):
     assert matched.mean() >= 0.5
     assert max(result.val_accuracy[1:]) > result.val_accuracy[0] + 0.3
     assert result.penalty < 0.1
+
+
+def _teacher_splits(model, variables, n=(256, 64, 64), seed=0):
+    """Random 32 x 32 images labelled by the network itself, so that its accuracy
+    is 1 and a stitching layer must reproduce its function."""
+    from symjax.data import ArrayDataset, Splits
+
+    rng = np.random.default_rng(seed)
+
+    def split(size, name):
+        images = rng.integers(0, 256, size=(size, 32, 32, 3)).astype(np.uint8)
+        logits = model.apply(variables, normalize_digits(images))
+        return ArrayDataset(images, np.asarray(logits.argmax(-1), np.int32), name)
+
+    return Splits(*(split(k, s) for k, s in zip(n, ("train", "val", "test"))))
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [{}, {"activation": "leaky_relu", "activation_params": {"negative_slope": 0.5}}],
+    ids=["relu", "leaky_relu0.5"],
+)
+def test_theorem_4_2_in_a_residual_stream(activation):
+    """ResNet20 (ReLU, and LeakyReLU as in the paper's appendix D.3): every block
+    of a stage shares one tied element; stitching at a block output inside that
+    stream recovers it."""
+    model = get_model("resnet20", width_multiplier=0.25, **activation)
+    x0 = np.zeros((1, 32, 32, 3), np.float32)
+    variables = jax.device_get(model.init(jax.random.key(0), x0, train=False))
+    splits = _teacher_splits(model, variables)
+    spec, elements, transformed = _transformed(model, variables)
+    layer = "stage1.block1"
+    A = elements[spec.layers[layer]]
+    config = StitchConfig(method="g_relu", epochs=1, finetune_epochs=1, **FAST)
+    result = stitch(
+        model,
+        variables,
+        model,
+        transformed,
+        layer,
+        splits,
+        config,
+        preprocess=normalize_digits,
+    )
+    h = model.apply(transformed, normalize_digits(splits.train.images), stop=layer)
+    live = np.asarray(h).reshape(-1, h.shape[-1]).max(axis=0) > 0
+    assert live.mean() > 0.5
+    np.testing.assert_array_equal(
+        np.asarray(result.stitch_map.perm)[live], np.asarray(A.perm)[live]
+    )
+    assert result.accuracy_a == 1.0 and result.penalty <= 0.005
