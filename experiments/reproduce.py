@@ -17,7 +17,7 @@ report folder (default ``reports/<preset>``) receives:
   ``figures/`` with one PNG per paper figure.
 
 Presets: ``smoke`` (CI: checks the pipeline, no claims), ``quick`` (about 15
-minutes on 2 CPU cores), ``cpu`` (about an hour on 2 CPU cores: wider models,
+minutes on 2 CPU cores), ``cpu`` (about 75 minutes on 2 CPU cores: wider models,
 more data and epochs), ``paper`` (the paper's settings, for GPU/TPU hosts).
 """
 
