@@ -103,14 +103,14 @@ def seed_pairs(items: Sequence, k: int) -> list[tuple]:
     every early pair as in lexicographic order. Every pair appears once when
     ``k`` reaches ``n (n - 1) / 2``.
     """
-    ring = list(items) + ([None] if len(items) % 2 else [])
+    ring = list(range(len(items))) + ([None] if len(items) % 2 else [])
     n = len(ring)
     pairs = []
     for _ in range(n - 1):
         for i in range(n // 2):
             a, b = ring[i], ring[n - 1 - i]
             if a is not None and b is not None:
-                pairs.append((a, b) if items.index(a) < items.index(b) else (b, a))
+                pairs.append((items[min(a, b)], items[max(a, b)]))
         ring = [ring[0], ring[-1], *ring[1:-1]]
     return pairs[:k]
 

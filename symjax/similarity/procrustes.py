@@ -187,6 +187,15 @@ def _rotation_residual(a, b, sa, sb, Q) -> Array:
     return jnp.sum(jnp.square(a - BQ[:, :ca])) + jnp.sum(jnp.square(BQ[:, ca:]))
 
 
+def _identical(va, vb, sa, sb) -> bool:
+    """Whether two prepared representations are the same matrix."""
+    return (
+        va.shape == vb.shape
+        and np.array_equal(sa, sb)
+        and bool(jnp.array_equal(va, vb))
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Procrustes:
     """A Procrustes similarity measure with fixed options (module docstring).
@@ -293,21 +302,14 @@ class Procrustes:
         else:
             r = norms - 2.0 * np.linalg.svd(M, compute_uv=False).sum()
 
-        # Identical representations: the distance is 0 by definition. (The SVD's
-        # Q = U V^T is the identity only to rounding, which would leave a residual
-        # of a few ulps where the answer is exactly known.)
-        if (
-            self.group == "orthogonal"
-            and va.shape == vb.shape
-            and np.array_equal(a.scale, b.scale)
-            and bool(jnp.array_equal(va, vb))
-        ):
-            return 0.0, d
-
         # Nearly aligned: that difference has lost digits; evaluate |A - B g| itself.
         if r < _DIRECT_BELOW * norms / 2:
             sa, sb = (jnp.asarray(s.scale, dtype) for s in (a, b))
-            if self.group == "grelu":
+            if self.group == "orthogonal" and _identical(va, vb, a.scale, b.scale):
+                # The distance is 0 by definition; the SVD's Q = U V^T is the
+                # identity only to rounding and would leave a few ulps.
+                r = 0.0
+            elif self.group == "grelu":
                 real = (rows < ca) & (cols < cb)
                 # a live column matched with a padded (zero) one adds its norm, 1
                 r = float(a.live[rows[~real & (rows < ca)]].sum())
