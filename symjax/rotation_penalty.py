@@ -18,9 +18,11 @@ The *rotation penalty* is
 
 .. math:: \\mathrm{penalty}(l, A) = \\mathrm{acc}(f) - \\mathrm{acc}(f'),
 
-both on the test split, with the fine-tuning epoch of ``f'`` chosen by validation
-accuracy. Proposition 3.4 predicts a penalty near zero for ``A`` in ``G_sigma``
-and a positive one for a random orthogonal ``A``.
+both on the test split, with the fine-tuning epoch of ``f'`` (and, given a grid of
+learning rates, the rate) chosen by validation accuracy. Proposition 3.4 predicts
+a penalty near zero for ``A`` in ``G_sigma``, once fine-tuning has found the
+compensating weights, and the paper reports a positive one for a random
+orthogonal ``A``.
 
 Kinds of ``A`` (:data:`KINDS`):
 
@@ -85,7 +87,10 @@ class FinetuneConfig:
       optimizer: ``"adam"`` (AdamW when ``weight_decay > 0``) or ``"sgd"``
         (Nesterov momentum; ``weight_decay`` times the parameters is added to the
         gradient).
-      learning_rate: peak learning rate.
+      learning_rate: peak learning rate, or a grid of them (a sequence of floats,
+        stored as a tuple): each trial is then fine-tuned once per rate, from the
+        same ``A`` and with the same data order, and the (rate, epoch) of highest
+        validation accuracy is chosen.
       momentum: SGD momentum (ignored by Adam).
       weight_decay: AdamW decay, or the L2 coefficient for SGD.
       schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over all steps).
@@ -104,7 +109,7 @@ class FinetuneConfig:
     epochs: int = 2
     batch_size: int = 128
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float | tuple[float, ...] = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -136,11 +141,20 @@ class FinetuneConfig:
             raise ValueError(
                 f"schedule must be one of {SCHEDULES}, got {self.schedule!r}."
             )
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        rates = self.learning_rate
+        if not isinstance(rates, int | float):
+            rates = tuple(rates)
+            object.__setattr__(self, "learning_rate", rates)
+        if not rates or not all(
+            isinstance(r, int | float) and math.isfinite(r) and r > 0
+            for r in (rates if isinstance(rates, tuple) else (rates,))
+        ):
             raise ValueError(
-                f"learning_rate must be positive and finite, got "
-                f"{self.learning_rate!r}."
+                "learning_rate must be a positive finite float or a non-empty "
+                f"sequence of them, got {self.learning_rate!r}."
             )
+        if isinstance(rates, tuple) and len(set(rates)) != len(rates):
+            raise ValueError(f"learning_rate repeats a rate: {rates}.")
         for name in ("weight_decay", "momentum"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -148,16 +162,38 @@ class FinetuneConfig:
                     f"{name} must be non-negative and finite, got {value!r}."
                 )
 
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        """The rates tried, in order (one element for a single rate)."""
+        rates = self.learning_rate
+        return tuple(rates) if isinstance(rates, tuple) else (rates,)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if isinstance(self.learning_rate, tuple):
+            out["learning_rate"] = list(self.learning_rate)
+        return out
 
 
-def make_optimizer(config: FinetuneConfig, total_steps: int):
-    """The optax transformation for fine-tuning (see :class:`FinetuneConfig`)."""
+def make_optimizer(
+    config: FinetuneConfig, total_steps: int, learning_rate: float | None = None
+):
+    """The optax transformation for fine-tuning (see :class:`FinetuneConfig`).
+
+    ``learning_rate`` overrides the configuration's peak rate (which must then be
+    a single one when it is left out).
+    """
+    if learning_rate is None:
+        if len(config.learning_rates) != 1:
+            raise ValueError(
+                f"config holds the grid {config.learning_rates}; pass the rate to "
+                "use as learning_rate."
+            )
+        (learning_rate,) = config.learning_rates
     if config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
+        lr = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
     else:
-        lr = config.learning_rate
+        lr = learning_rate
     if config.optimizer == "adam":
         return optax.adamw(lr, weight_decay=config.weight_decay)
     return optax.chain(
@@ -572,14 +608,20 @@ def run_trials(
     Returns:
       One record per trial: ``layer``, ``layer_index``, ``kind``, ``seed``,
       ``acc_before`` and ``val_acc_before`` (the untransformed network),
-      ``val_acc`` and ``test_acc`` (lists over epochs ``0..E``; ``test_acc`` is
-      None after epoch 0 unless ``config.test_every_epoch``), ``train_loss``
-      (mean over each epoch ``1..E``), ``best_epoch`` (first epoch of highest
-      validation accuracy), ``acc_after`` (test accuracy at ``best_epoch``),
-      ``penalty = acc_before - acc_after``, ``finetune`` (the configuration) and
-      ``seconds`` (wall time of the whole batch of trials).
+      ``learning_rate`` (the chosen rate), ``val_acc`` and ``test_acc`` (lists
+      over epochs ``0..E`` at that rate; ``test_acc`` is None after epoch 0
+      unless ``config.test_every_epoch``), ``train_loss`` (mean over each epoch
+      ``1..E``), ``best_epoch`` (the chosen epoch), ``acc_after`` (test accuracy
+      at the chosen rate and epoch), ``penalty = acc_before - acc_after``,
+      ``val_acc_by_rate``, ``test_acc_by_rate`` and ``train_loss_by_rate`` (the
+      same curves for every rate of the grid, in its order), ``finetune`` (the
+      configuration) and ``seconds`` (wall time of the whole batch of trials).
+      The choice is the highest validation accuracy over (rate, epoch); ties go
+      to the earlier rate of the grid, then to the earlier epoch.
 
     Note:
+      With a grid of ``G`` learning rates, the ``k * G`` fine-tunings run as one
+      vmapped batch (each computes its own copy of the frozen front).
       Later layers start from their trained values, not from a new
       initialisation. Layers with BatchNorm after the cut are fine-tuned in
       training mode (batch statistics), evaluated with running averages; the
@@ -604,9 +646,11 @@ def run_trials(
     dtype = _param_dtype(variables)
     mesh = parallel.seed_mesh(jax.local_devices() if devices is None else devices)
     padded, n_real = parallel.pad_seeds(seeds, mesh.size)
-    k = len(padded)
+    n, rates = len(padded), config.learning_rates
+    k = n * len(rates)
 
-    # The transformations, and the trainable state of the later layers.
+    # Member j fine-tunes seed padded[j % n] at rate rates[j // n]: every rate
+    # sees the same A, augmentations and data order of a seed (a paired design).
     keys = jnp.stack([jax.random.PRNGKey(s) for s in padded])
     A = jax.tree_util.tree_map(
         lambda *xs: jnp.stack(xs),
@@ -615,23 +659,34 @@ def run_trials(
             for key in keys
         ],
     )
+    A_seeds = _place(A, mesh, True)
+    tile = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+        lambda a: jnp.concatenate([a] * len(rates)), tree
+    )
+    A, keys = tile(A), tile(keys)
+    member_rate = jnp.repeat(jnp.asarray(rates, dtype), n)
     sample = preprocess(train.images[:1]).astype(dtype)
     features = jax.eval_shape(
         lambda x: cut.front(variables, jax.tree_util.tree_map(lambda a: a[0], A), x),
         sample,
     )
     params, stats = _later_variables(model, variables, layer, features)
-    tx = make_optimizer(config, config.epochs * steps)
+    # Both optimizers' updates are linear in the rate (optax's AdamW scales the
+    # decayed weights by it too), so one unit-rate optimizer, whose updates each
+    # member multiplies by its own rate, serves the whole grid.
+    tx = make_optimizer(config, config.epochs * steps, learning_rate=1.0)
     stack = lambda tree: jax.tree_util.tree_map(  # noqa: E731
         lambda a: jnp.broadcast_to(a, (k, *a.shape)).copy(), tree
     )
     state = _TrialState(stack(params), stack(stats), jax.vmap(tx.init)(stack(params)))
     aug_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-    state, A, aug_keys = _place((state, A, aug_keys), mesh, True)
+    state, A, aug_keys, member_rate = _place(
+        (state, A, aug_keys, member_rate), mesh, True
+    )
     frozen = _place(variables, mesh, False)
 
-    # One fine-tuning step of every trial, and batched predictions.
-    def one_step(state, A, key, images, labels, frozen):
+    # One fine-tuning step of every member, and batched predictions.
+    def one_step(state, A, key, rate, images, labels, frozen):
         if config.augment_pad or config.flip:
             images = augment(key, images, pad=config.augment_pad, flip=config.flip)
         h = jax.lax.stop_gradient(
@@ -649,15 +704,16 @@ def run_trials(
             state.params
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda u: rate * u, updates)
         params = optax.apply_updates(state.params, updates)
         return _TrialState(params, new_stats, opt_state), loss
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def train_step(state, A, keys, epoch, step, images, labels, frozen):
+    def train_step(state, A, keys, rate, epoch, step, images, labels, frozen):
         keys = jax.vmap(lambda key: jax.random.fold_in(key, epoch * steps + step))(keys)
         with use_conv_impl(config.conv_impl):
-            return jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, None))(
-                state, A, keys, images, labels, frozen
+            return jax.vmap(one_step, in_axes=(0, 0, 0, 0, 0, 0, None))(
+                state, A, keys, rate, images, labels, frozen
             )
 
     @jax.jit
@@ -680,15 +736,22 @@ def run_trials(
 
     eval_size = min(config.eval_batch_size, len(splits.val), len(splits.test))
 
-    def evaluate(later, dataset):
-        """``[k]`` accuracies of the trials' later layers ``(params, stats)``."""
+    def evaluate(later, A, dataset):
+        """Accuracies ``[m]`` of ``m`` members' later layers ``(params, stats)``
+        with their transformations ``A``."""
 
         def fn(images):
             return predict(later, A, _place(images, mesh, False), frozen)
 
         return _dataset_predictions(fn, dataset, eval_size).mean(-1)
 
-    # The untransformed network, then epochs 0..E of fine-tuning.
+    def members(tree, index):
+        """The members ``index`` (``[n]`` ints) of a ``[k, ...]`` tree, sharded."""
+        index = jnp.asarray(index)
+        return _place(jax.tree_util.tree_map(lambda a: a[index], tree), mesh, True)
+
+    # The untransformed network, then epochs 0..E of fine-tuning. Epoch 0 is the
+    # same network at every rate, so its test accuracy is computed once per seed.
     acc_before, val_before = accuracy(
         model,
         variables,
@@ -697,26 +760,31 @@ def run_trials(
         batch_size=config.eval_batch_size,
     )
     later = (state.params, state.batch_stats)
-    val_acc, test_acc = [evaluate(later, splits.val)], [evaluate(later, splits.test)]
+    val_acc = [evaluate(later, A, splits.val)]
+    before = evaluate(members(later, np.arange(n)), A_seeds, splits.test)
+    test_acc = [np.tile(before, len(rates))]
     best = jax.tree_util.tree_map(jnp.copy, later)
     best_val = val_acc[0]
     losses = []
     for epoch in range(1, config.epochs + 1):
         order = np.stack([epoch_permutation(s, epoch, len(train)) for s in padded])
+        order = np.tile(order, (len(rates), 1))
         total = jnp.zeros(k, dtype)
         for step in range(steps):
             idx = order[:, step * config.batch_size : (step + 1) * config.batch_size]
             batch = _place((train.images[idx], train.labels[idx]), mesh, True)
-            state, loss = train_step(state, A, aug_keys, epoch, step, *batch, frozen)
+            state, loss = train_step(
+                state, A, aug_keys, member_rate, epoch, step, *batch, frozen
+            )
             total = total + loss
-        losses.append(np.asarray(total)[:n_real] / max(steps, 1))
+        losses.append(np.asarray(total) / max(steps, 1))
         later = (state.params, state.batch_stats)
-        val_acc.append(evaluate(later, splits.val))
+        val_acc.append(evaluate(later, A, splits.val))
         improved = val_acc[-1] > best_val
         best_val = np.maximum(best_val, val_acc[-1])
         best = keep_improved(best, later, _place(jnp.asarray(improved), mesh, True))
         if config.test_every_epoch:
-            test_acc.append(evaluate(later, splits.test))
+            test_acc.append(evaluate(later, A, splits.test))
         else:
             test_acc.append(np.full(k, np.nan))
         logger.info(
@@ -728,13 +796,22 @@ def run_trials(
             np.round(val_acc[-1], 4),
         )
 
-    # The epoch chosen on validation (the first best), reported on test.
-    acc_after = evaluate(best, splits.test)
-    val_acc, test_acc = np.stack(val_acc, 1), np.stack(test_acc, 1)
+    # The (rate, epoch) chosen on validation, reported on test.
+    G = len(rates)
+    val_acc = np.stack(val_acc, 1).reshape(G, n, -1)
+    test_acc = np.stack(test_acc, 1).reshape(G, n, -1)
+    losses = np.stack(losses, 1).reshape(G, n, -1) if losses else np.zeros((G, n, 0))
+    flat = val_acc.transpose(1, 0, 2).reshape(n, -1)
+    chosen = np.argmax(flat, axis=1)
+    rate_of, epoch_of = np.divmod(chosen, val_acc.shape[2])
+    acc_after = evaluate(
+        members(best, rate_of * n + np.arange(n)), A_seeds, splits.test
+    )
     seconds = time.perf_counter() - start_time
+    nan_to_none = lambda row: [None if np.isnan(a) else a for a in row]  # noqa: E731
     results = []
     for i, seed in enumerate(seeds):
-        chosen = int(np.argmax(val_acc[i]))
+        g = int(rate_of[i])
         results.append(
             {
                 "layer": layer,
@@ -743,12 +820,16 @@ def run_trials(
                 "seed": seed,
                 "acc_before": acc_before,
                 "val_acc_before": val_before,
-                "val_acc": val_acc[i].tolist(),
-                "test_acc": [None if np.isnan(a) else a for a in test_acc[i].tolist()],
-                "train_loss": [float(loss[i]) for loss in losses],
-                "best_epoch": chosen,
+                "learning_rate": float(rates[g]),
+                "val_acc": val_acc[g, i].tolist(),
+                "test_acc": nan_to_none(test_acc[g, i].tolist()),
+                "train_loss": losses[g, i].tolist(),
+                "best_epoch": int(epoch_of[i]),
                 "acc_after": float(acc_after[i]),
                 "penalty": acc_before - float(acc_after[i]),
+                "val_acc_by_rate": val_acc[:, i].tolist(),
+                "test_acc_by_rate": [nan_to_none(t) for t in test_acc[:, i].tolist()],
+                "train_loss_by_rate": losses[:, i].tolist(),
                 "finetune": config.to_dict(),
                 "seconds": seconds,
             }

@@ -201,6 +201,9 @@ def test_rejects_bad_arguments():
     for field, value in [
         ("learning_rate", float("inf")),
         ("learning_rate", 0.0),
+        ("learning_rate", ()),
+        ("learning_rate", (1e-3, -1e-3)),
+        ("learning_rate", (1e-3, 1e-3)),
         ("weight_decay", float("nan")),
         ("momentum", -0.5),
     ]:
@@ -304,6 +307,61 @@ def test_trials_choose_their_epoch_on_validation_and_match_single_runs():
     assert batch[0]["train_loss"] != batch[1]["train_loss"]
 
 
+def test_a_learning_rate_grid_runs_each_rate_as_alone_and_chooses_on_validation():
+    model, variables, _ = _myrtle("relu")
+    splits = _teacher_splits()
+    options = dict(epochs=2, batch_size=32, eval_batch_size=40, augment_pad=0)
+    rates = (3e-4, 1e-2)
+    grid = rp.run_trials(
+        model,
+        variables,
+        splits,
+        "block1",
+        "group",
+        [0, 1],
+        rp.FinetuneConfig(learning_rate=rates, test_every_epoch=True, **options),
+        preprocess=_preprocess,
+    )
+    alone = [
+        rp.run_trials(
+            model,
+            variables,
+            splits,
+            "block1",
+            "group",
+            [0, 1],
+            rp.FinetuneConfig(learning_rate=rate, test_every_epoch=True, **options),
+            preprocess=_preprocess,
+        )
+        for rate in rates
+    ]
+    for i, r in enumerate(grid):
+        # Scaling a unit-rate update by each member's rate is the optimizer at
+        # that rate, on the same A and data order.
+        for g, rate in enumerate(rates):
+            single = alone[g][i]
+            assert r["val_acc_by_rate"][g] == single["val_acc"]
+            assert r["test_acc_by_rate"][g] == single["test_acc"]
+            np.testing.assert_allclose(
+                r["train_loss_by_rate"][g], single["train_loss"], rtol=1e-9
+            )
+        # The rates train differently, and epoch 0 is shared.
+        assert r["train_loss_by_rate"][0] != r["train_loss_by_rate"][1]
+        assert r["val_acc_by_rate"][0][0] == r["val_acc_by_rate"][1][0]
+
+        # The choice: the first (rate, epoch) of highest validation accuracy,
+        # reported with that member's weights.
+        flat = [v for curve in r["val_acc_by_rate"] for v in curve]
+        g, epoch = divmod(flat.index(max(flat)), options["epochs"] + 1)
+        assert (r["learning_rate"], r["best_epoch"]) == (rates[g], epoch)
+        assert r["val_acc"] == r["val_acc_by_rate"][g]
+        assert r["acc_after"] == r["test_acc_by_rate"][g][epoch]
+        assert r["penalty"] == r["acc_before"] - r["acc_after"]
+    assert rp.FinetuneConfig(learning_rate=[1e-3, 1e-2]).learning_rate == (1e-3, 1e-2)
+    with pytest.raises(ValueError, match="grid"):
+        rp.make_optimizer(rp.FinetuneConfig(learning_rate=rates), 10)
+
+
 def test_batch_norm_model_fine_tunes():
     model, variables, _ = _myrtle("relu", batch_norm=True)
     config = rp.FinetuneConfig(epochs=1, batch_size=32, eval_batch_size=40)
@@ -346,6 +404,7 @@ def test_experiment_summary_and_figure(tmp_path):
                     "acc_after": 0.8 - p,
                     "test_acc": [0.5, None],
                     "best_epoch": 1,
+                    "learning_rate": 1e-3 if t else 1e-2,
                 }
             )
     summaries = experiment.summarize(records)
@@ -355,6 +414,7 @@ def test_experiment_summary_and_figure(tmp_path):
     # Student-t interval: t_{0.975, 2} = 4.3027 times the standard error.
     assert group.ci95 == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
     assert orthogonal.penalty_no_finetune == pytest.approx(0.3, abs=1e-12)
+    assert group.rates_chosen == "0.001 x2, 0.01 x1"
 
     csv_path = experiment.write_csv(summaries, tmp_path / "rp.csv")
     lines = csv_path.read_text().splitlines()

@@ -2,8 +2,8 @@
 
 The two-device run happens in a subprocess started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (XLA fixes the device count
-when JAX starts). Three trials, padded to four (two per device), are run on both
-devices and then on the first device alone.
+when JAX starts). Three trials, padded to four (two per device), each at two
+learning rates, are run on both devices and then on the first device alone.
 """
 
 import json
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
 
     model, variables, _ = _myrtle("relu")
     config = rp.FinetuneConfig(
-        epochs=2, batch_size=32, learning_rate=3e-3, eval_batch_size=40,
+        epochs=2, batch_size=32, learning_rate=(3e-3, 1e-2), eval_batch_size=40,
         augment_pad=0,
     )
     splits = _teacher_splits()
@@ -42,6 +42,12 @@ def test_trials_on_two_devices_match_one():
     assert len(two) == len(one) == 3  # the padding trial is dropped
     for a, b in zip(two, one, strict=True):
         assert a["seed"] == b["seed"] and a["best_epoch"] == b["best_epoch"]
-        np.testing.assert_allclose(a["val_acc"], b["val_acc"], atol=1e-12)
-        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
+        assert a["learning_rate"] == b["learning_rate"]
+        assert a["acc_after"] == b["acc_after"]
+        np.testing.assert_allclose(
+            a["val_acc_by_rate"], b["val_acc_by_rate"], atol=1e-12
+        )
+        np.testing.assert_allclose(
+            a["train_loss_by_rate"], b["train_loss_by_rate"], rtol=1e-4
+        )
     assert len({json.dumps(r["train_loss"]) for r in two}) == 3  # distinct trials
