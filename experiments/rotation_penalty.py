@@ -6,27 +6,30 @@ already there. Then, for every activation layer ``l`` and every kind of ``A``
 (a random element of the layer's intertwiner group, a Haar-random orthogonal
 matrix, and optionally the identity as a control), independent trials transform
 layer ``l`` by ``A``, freeze layers ``<= l`` and fine-tune the rest; the penalty is
-the base network's test accuracy minus the fine-tuned one's, at the epoch chosen
-on the validation split (:mod:`symjax.rotation_penalty`). Written to ``--out``:
+the base network's test accuracy minus the fine-tuned one's, at the epoch (and,
+with several ``--learning-rate`` values, the rate) chosen on the validation split
+(:mod:`symjax.rotation_penalty`). Written to ``--out``:
 
 - ``results.jsonl``: one record per (activation, layer, kind, trial); rerunning
   skips the trials already there, so an interrupted run loses at most one batch
   of trials;
 - ``rotation_penalty.csv``: per (activation, layer, kind), the mean penalty with
-  a 95% Student-t confidence interval over trials, and the penalty before any
-  fine-tuning;
+  a 95% Student-t confidence interval over trials, the penalty before any
+  fine-tuning, and the rates chosen;
 - ``figure4.png``: the penalty per layer for each kind, with those intervals;
 - ``config.json``: the settings, checked when a run is resumed.
 
 Usage::
 
     python -m experiments.rotation_penalty --out reports/rotation_penalty \\
-        --width 16 --train-size 8000 --base-epochs 8 --trials 3
+        --width 16 --train-size 8000 --base-epochs 30 --base-lr 0.02 --trials 3 \\
+        --finetune-epochs 6 --learning-rate 0.003 0.01
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import json
@@ -108,12 +111,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-batch-size", type=int, default=128)
     p.add_argument("--optimizer", default="adam", choices=rp.OPTIMIZERS)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        nargs="+",
+        default=[1e-3],
+        help="peak fine-tuning rate, or several: each trial is fine-tuned at every "
+        "rate and the (rate, epoch) of best validation accuracy is chosen",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--schedule", default="cosine", choices=rp.SCHEDULES)
     p.add_argument("--pad", type=int, default=2, help="translation range, pixels")
     p.add_argument("--eval-batch-size", type=int, default=500)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # One rate is stored as a float, as before grids existed, so that a run made
+    # with one rate resumes.
+    rates = args.learning_rate
+    args.learning_rate = rates[0] if len(rates) == 1 else list(rates)
+    return args
 
 
 def finetune_config(args) -> rp.FinetuneConfig:
@@ -130,15 +145,24 @@ def finetune_config(args) -> rp.FinetuneConfig:
 
 
 def base_config(args, activation: str) -> TrainConfig:
-    """The zoo configuration of the base network for ``activation``."""
+    """The zoo configuration of the base network for ``activation``.
+
+    Its zoo name carries the learning rate (when set) and the epochs, so that
+    bases trained differently live side by side in one zoo.
+    """
     model = {"width": args.width, "activation": activation, "batch_norm": False}
-    name = None
+    name = TrainConfig(arch="myrtle", model=model).run_name
     if args.base_lr is not None:
-        name = TrainConfig(arch="myrtle", model=model).run_name + f"_lr{args.base_lr}"
+        name += f"_lr{args.base_lr}"
+    epochs = (
+        TrainConfig(arch="myrtle", recipe=args.base_recipe, epochs=args.base_epochs)
+        .resolved()
+        .epochs
+    )
     return TrainConfig(
         arch="myrtle",
         model=model,
-        name=name,
+        name=f"{name}_epochs{epochs}",
         learning_rate=args.base_lr,
         recipe=args.base_recipe,
         epochs=args.base_epochs,
@@ -265,6 +289,16 @@ class Summary:
     acc_after: float
     penalty_no_finetune: float
     mean_best_epoch: float
+    rates_chosen: str
+
+
+def _rates_chosen(rows: list[dict]) -> str:
+    """How often each fine-tuning rate was chosen, e.g. ``"0.003 x2, 0.01 x1"``
+    (records written before rate grids existed name it in ``finetune``)."""
+    counts = collections.Counter(
+        r.get("learning_rate", r.get("finetune", {}).get("learning_rate")) for r in rows
+    )
+    return ", ".join(f"{rate:g} x{n}" for rate, n in sorted(counts.items()))
 
 
 def summarize(records: list[dict]) -> list[Summary]:
@@ -293,6 +327,7 @@ def summarize(records: list[dict]) -> list[Summary]:
                     np.mean([r["acc_before"] - r["test_acc"][0] for r in rows])
                 ),
                 mean_best_epoch=float(np.mean([r["best_epoch"] for r in rows])),
+                rates_chosen=_rates_chosen(rows),
             )
         )
     return out
