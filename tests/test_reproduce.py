@@ -100,3 +100,27 @@ def test_smoke_preset_writes_every_figure_and_table(cifar_dir, tmp_path):
     before = {p: p.stat().st_mtime for p in out.rglob("*.jsonl")}
     reproduce.main(argv)
     assert {p: p.stat().st_mtime for p in out.rglob("*.jsonl")} == before
+
+
+def test_rotation_findings_count_layers_below_and_clearly_below():
+    def row(layer, kind, penalty, ci):
+        return {
+            "activation": "relu",
+            "layer": layer,
+            "kind": kind,
+            "penalty": str(penalty),
+            "ci95": str(ci),
+        }
+
+    rows = [
+        row("block0", "group", 0.01, 0.01),
+        row("block0", "orthogonal", 0.05, 0.01),  # clearly below
+        row("block1", "group", 0.02, 0.02),
+        row("block1", "orthogonal", 0.03, 0.02),  # below, intervals overlap
+        row("block2", "group", 0.04, 0.0),
+        row("block2", "orthogonal", 0.01, 0.0),  # above
+    ]
+    (line,) = reproduce.rotation_findings(rows)
+    assert "below the orthogonal one at 2 of 3 layers" in line
+    assert "non-overlapping 95% intervals at 1;" in line
+    assert "2.33 pp (group) vs 3.00 pp (orthogonal)" in line
