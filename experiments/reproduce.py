@@ -60,6 +60,9 @@ class Preset:
       similarity_images: test images on which layers are compared.
       rotation_width, rotation_epochs, rotation_trials, rotation_finetune: the
         rotation-penalty base model (Myrtle without BatchNorm) and its trials.
+        The cpu preset's 6 fine-tuning epochs do not finish re-learning a
+        transformed convolutional layer: most of its trials choose their last
+        epoch, and there the group penalty is still several points above zero.
       dissection_*: models, training and rotations of the dissection.
       rotation_activations: activations of the rotation-penalty base models
         (the paper shows ReLU and sigmoid; a sigmoid Myrtle CNN without
