@@ -312,29 +312,24 @@ def test_a_learning_rate_grid_runs_each_rate_as_alone_and_chooses_on_validation(
     splits = _teacher_splits()
     options = dict(epochs=2, batch_size=32, eval_batch_size=40, augment_pad=0)
     rates = (3e-4, 1e-2)
-    grid = rp.run_trials(
-        model,
-        variables,
-        splits,
-        "block1",
-        "group",
-        [0, 1],
-        rp.FinetuneConfig(learning_rate=rates, test_every_epoch=True, **options),
-        preprocess=_preprocess,
-    )
-    alone = [
-        rp.run_trials(
+
+    def run(learning_rate):
+        config = rp.FinetuneConfig(
+            learning_rate=learning_rate, test_every_epoch=True, **options
+        )
+        return rp.run_trials(
             model,
             variables,
             splits,
             "block1",
             "group",
             [0, 1],
-            rp.FinetuneConfig(learning_rate=rate, test_every_epoch=True, **options),
+            config,
             preprocess=_preprocess,
         )
-        for rate in rates
-    ]
+
+    grid = run(rates)
+    alone = [run(rate) for rate in rates]
     for i, r in enumerate(grid):
         # Scaling a unit-rate update by each member's rate is the optimizer at
         # that rate, on the same A and data order.
