@@ -647,7 +647,8 @@ def run_trials(
     mesh = parallel.seed_mesh(jax.local_devices() if devices is None else devices)
     padded, n_real = parallel.pad_seeds(seeds, mesh.size)
     n, rates = len(padded), config.learning_rates
-    k = n * len(rates)
+    G = len(rates)
+    k = n * G
 
     # Member j fine-tunes seed padded[j % n] at rate rates[j // n]: every rate
     # sees the same A, augmentations and data order of a seed (a paired design).
@@ -661,7 +662,7 @@ def run_trials(
     )
     A_seeds = _place(A, mesh, True)
     tile = lambda tree: jax.tree_util.tree_map(  # noqa: E731
-        lambda a: jnp.concatenate([a] * len(rates)), tree
+        lambda a: jnp.concatenate([a] * G), tree
     )
     A, keys = tile(A), tile(keys)
     member_rate = jnp.repeat(jnp.asarray(rates, dtype), n)
@@ -762,13 +763,13 @@ def run_trials(
     later = (state.params, state.batch_stats)
     val_acc = [evaluate(later, A, splits.val)]
     before = evaluate(members(later, np.arange(n)), A_seeds, splits.test)
-    test_acc = [np.tile(before, len(rates))]
+    test_acc = [np.tile(before, G)]
     best = jax.tree_util.tree_map(jnp.copy, later)
     best_val = val_acc[0]
     losses = []
     for epoch in range(1, config.epochs + 1):
         order = np.stack([epoch_permutation(s, epoch, len(train)) for s in padded])
-        order = np.tile(order, (len(rates), 1))
+        order = np.tile(order, (G, 1))
         total = jnp.zeros(k, dtype)
         for step in range(steps):
             idx = order[:, step * config.batch_size : (step + 1) * config.batch_size]
@@ -797,7 +798,6 @@ def run_trials(
         )
 
     # The (rate, epoch) chosen on validation, reported on test.
-    G = len(rates)
     val_acc = np.stack(val_acc, 1).reshape(G, n, -1)
     test_acc = np.stack(test_acc, 1).reshape(G, n, -1)
     losses = np.stack(losses, 1).reshape(G, n, -1) if losses else np.zeros((G, n, 0))
